@@ -1,0 +1,166 @@
+//! What the chain is made of — included transactions, mini-blocks, EVM blocks — and the
+//! [`ChainView`] that readers get.
+//!
+//! The sequencer builds a new `ChainView` after every mini-block and publishes it atomically; the
+//! collections inside are persistent maps and vectors, so a new version shares almost everything
+//! with the previous one and readers never take a lock.
+
+use crate::tx::RecoveredTx;
+use alloy_consensus::{Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, TxType};
+use alloy_consensus::Typed2718;
+use alloy_primitives::{Address, Bloom, Log, B256};
+use std::sync::Arc;
+use strobe_storage::{StateDiff, StateView};
+
+/// Number of recent EVM blocks whose end state stays queryable (geth keeps 128 by default).
+pub const STATE_HISTORY_BLOCKS: usize = 128;
+
+/// A transaction included in a mini-block, with its receipt data.
+#[derive(Debug)]
+pub struct IncludedTx {
+    /// The transaction.
+    pub tx: Arc<RecoveredTx>,
+    /// EVM block it belongs to (final as soon as it executes).
+    pub block_number: u64,
+    /// Index within the EVM block.
+    pub index: u32,
+    /// Global number of its mini-block.
+    pub mini_block_number: u64,
+    /// EIP-658 status.
+    pub success: bool,
+    /// Gas used by this transaction.
+    pub gas_used: u64,
+    /// Gas used by the EVM block up to and including this transaction.
+    pub cumulative_gas_used: u64,
+    /// Price per gas actually paid.
+    pub effective_gas_price: u128,
+    /// Logs emitted.
+    pub logs: Vec<Log>,
+    /// Index of its first log within the EVM block.
+    pub first_log_index: u32,
+    /// Created contract, if any.
+    pub contract_address: Option<Address>,
+    /// Bloom of its logs.
+    pub bloom: Bloom,
+}
+
+impl IncludedTx {
+    /// The consensus receipt (as hashed into the receipts root).
+    pub fn receipt(&self) -> ReceiptEnvelope {
+        let receipt = Receipt {
+            status: Eip658Value::Eip658(self.success),
+            cumulative_gas_used: self.cumulative_gas_used,
+            logs: self.logs.clone(),
+        };
+        let with_bloom = ReceiptWithBloom { receipt, logs_bloom: self.bloom };
+        match TxType::try_from(self.tx.envelope.ty()).unwrap_or(TxType::Legacy) {
+            TxType::Legacy => ReceiptEnvelope::Legacy(with_bloom),
+            TxType::Eip2930 => ReceiptEnvelope::Eip2930(with_bloom),
+            TxType::Eip1559 => ReceiptEnvelope::Eip1559(with_bloom),
+            TxType::Eip4844 => ReceiptEnvelope::Eip4844(with_bloom),
+            TxType::Eip7702 => ReceiptEnvelope::Eip7702(with_bloom),
+        }
+    }
+}
+
+/// A mini-block: the unit the sequencer seals every tick.
+#[derive(Debug)]
+pub struct MiniBlock {
+    /// Global mini-block number (0 = the first after genesis).
+    pub number: u64,
+    /// EVM block it belongs to.
+    pub block_number: u64,
+    /// Index within that EVM block.
+    pub index: u32,
+    /// When it was sealed, in microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// EVM block timestamp (seconds).
+    pub block_timestamp: u64,
+    /// Gas used by its transactions.
+    pub gas_used: u64,
+    /// Its transactions in order.
+    pub txs: Vec<Arc<IncludedTx>>,
+    /// The state it changed.
+    pub diff: Arc<StateDiff>,
+}
+
+/// A sealed EVM block.
+#[derive(Clone, Debug)]
+pub struct SealedBlock {
+    /// Its header.
+    pub header: Header,
+    /// keccak256 of the RLP header.
+    pub hash: B256,
+    /// Its transactions in order.
+    pub txs: Vec<Arc<IncludedTx>>,
+    /// How many mini-blocks it grouped.
+    pub mini_block_count: u32,
+    /// RLP size of the block (header + transactions + empty ommers/withdrawals).
+    pub size: u64,
+}
+
+/// The EVM block being filled by mini-blocks.
+#[derive(Clone, Debug)]
+pub struct OpenBlock {
+    /// Its number.
+    pub number: u64,
+    /// Parent hash.
+    pub parent_hash: B256,
+    /// Timestamp (seconds).
+    pub timestamp: u64,
+    /// Base fee.
+    pub base_fee: u64,
+    /// Gas limit.
+    pub gas_limit: u64,
+    /// Gas used so far.
+    pub gas_used: u64,
+    /// PREVRANDAO.
+    pub prevrandao: B256,
+    /// Transactions so far.
+    pub txs: imbl::Vector<Arc<IncludedTx>>,
+    /// Mini-blocks so far.
+    pub mini_block_count: u32,
+    /// Logs so far.
+    pub log_count: u32,
+    /// Bloom so far.
+    pub bloom: Bloom,
+}
+
+/// A consistent picture of the chain as of one mini-block.
+#[derive(Clone)]
+pub struct ChainView {
+    /// State after the newest mini-block (`latest` and `pending`).
+    pub state: Arc<dyn StateView>,
+    /// Sealed EVM blocks by number (index 0 = genesis).
+    pub sealed: imbl::Vector<Arc<SealedBlock>>,
+    /// Sealed block numbers by hash.
+    pub by_hash: imbl::HashMap<B256, u64>,
+    /// Every included transaction by hash (sealed or in the open block).
+    pub txs: imbl::HashMap<B256, Arc<IncludedTx>>,
+    /// The open EVM block.
+    pub open: Arc<OpenBlock>,
+    /// Number of the newest mini-block (`None` before the first).
+    pub mini_block_number: Option<u64>,
+    /// State at the end of recent sealed blocks.
+    pub block_states: imbl::OrdMap<u64, Arc<dyn StateView>>,
+}
+
+impl ChainView {
+    /// The newest sealed block.
+    pub fn head(&self) -> &Arc<SealedBlock> {
+        self.sealed.back().expect("genesis is always sealed")
+    }
+
+    /// The hash of `tx`'s block, once sealed.
+    pub fn block_hash_of(&self, tx: &IncludedTx) -> Option<B256> {
+        self.sealed.get(tx.block_number as usize).map(|b| b.hash)
+    }
+
+    /// State at the end of sealed block `number`, if still kept.
+    pub fn state_at(&self, number: u64) -> Option<Arc<dyn StateView>> {
+        if number >= self.open.number {
+            return Some(self.state.clone());
+        }
+        self.block_states.get(&number).cloned()
+    }
+}

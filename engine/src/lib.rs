@@ -1,0 +1,34 @@
+//! strobe's engine: the sequencer and everything it owns.
+//!
+//! Data flow: network threads decode and recover transactions ([`tx`]) and hand them to the
+//! sequencer thread ([`sequencer`]) over a bounded queue. The sequencer admits them into the pool
+//! ([`pool`]), seals a [`chain::MiniBlock`] every tick, executes it on revm ([`exec`]), commits the
+//! resulting [`strobe_storage::StateDiff`] into the state store and closes an EVM block every block
+//! time ([`chain::SealedBlock`]). Readers see the chain through atomically published
+//! [`chain::ChainView`]s. [`node::Engine`] is the embedding API over all of it.
+//!
+//! Threads: one sequencer thread (pinnable); every other entry point is called from network or
+//! embedding threads and only reads published views or enqueues commands.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+pub mod chain;
+pub mod config;
+pub mod exec;
+pub mod node;
+pub mod pool;
+pub mod sequencer;
+pub mod tx;
+
+pub use node::Engine;
+pub use strobe_storage as storage;
+
+/// Errors that stop an engine from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store refused the genesis state.
+    #[error("state store: {0}")]
+    Store(#[from] strobe_storage::StoreError),
+    /// The sequencer thread could not be spawned.
+    #[error("could not start the sequencer thread: {0}")]
+    Thread(std::io::Error),
+}

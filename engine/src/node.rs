@@ -1,0 +1,148 @@
+//! The embedding API: start an engine, submit transactions, await receipts, subscribe to
+//! mini-blocks and blocks, read state.
+//!
+//! Every method is safe to call from any thread; none blocks the sequencer.
+
+use crate::{
+    chain::{ChainView, IncludedTx, MiniBlock, SealedBlock},
+    config::{ChainConfig, Genesis},
+    sequencer::{try_send, Command, Notify, Sequencer, Shared, Submission, INTAKE_QUEUE_CAPACITY},
+    tx::{decode_and_recover, with_sender, IntakeRules, RecoveredTx, TxError},
+};
+use alloy_primitives::{Address, B256};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
+use strobe_storage::StateStore;
+
+/// A running engine: the sequencer thread plus the handles to talk to it.
+pub struct Engine {
+    config: ChainConfig,
+    shared: Arc<Shared>,
+    intake: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Writes `genesis` into `store` and starts the sequencer thread.
+    pub fn start(
+        config: ChainConfig,
+        genesis: &Genesis,
+        store: Box<dyn StateStore>,
+    ) -> Result<Self, crate::EngineError> {
+        let (sequencer, shared) = Sequencer::new(config.clone(), genesis, store)?;
+        let (intake, rx) = bounded(INTAKE_QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("strobe-sequencer".into())
+            .spawn(move || sequencer.run(rx))
+            .map_err(crate::EngineError::Thread)?;
+        Ok(Self { config, shared, intake, thread: Some(thread) })
+    }
+
+    /// The chain's configuration.
+    pub fn config(&self) -> &ChainConfig {
+        &self.config
+    }
+
+    /// The newest chain view (lock-free).
+    pub fn view(&self) -> Arc<ChainView> {
+        self.shared.view.load_full()
+    }
+
+    /// Rules for the stateless checks, as of the open block.
+    pub fn intake_rules(&self) -> IntakeRules {
+        IntakeRules {
+            chain_id: self.config.chain_id,
+            block_gas_limit: self.config.block_gas_limit,
+            base_fee: self.shared.view.load().open.base_fee,
+            min_priority_fee_wei: self.config.min_priority_fee_wei,
+        }
+    }
+
+    /// Decodes, recovers and checks `raw` on the calling thread.
+    pub fn decode(&self, raw: &[u8]) -> Result<RecoveredTx, TxError> {
+        decode_and_recover(raw, &self.intake_rules()).map_err(|e| {
+            // Name the sender where geth does, at the cost of a second recovery on this rare path.
+            match &e {
+                TxError::FeeCapBelowBaseFee { .. } => {
+                    let rules = IntakeRules { base_fee: 0, min_priority_fee_wei: 0, ..self.intake_rules() };
+                    match decode_and_recover(raw, &rules) {
+                        Ok(tx) => with_sender(e, tx.sender),
+                        Err(_) => e,
+                    }
+                }
+                _ => e,
+            }
+        })
+    }
+
+    /// Hands `tx` to the sequencer. `on_accept` learns whether the pool took it; `on_receipt`
+    /// learns when it is included (or why it never will be). Both run on the sequencer thread
+    /// and must return quickly.
+    pub fn submit(
+        &self,
+        tx: RecoveredTx,
+        reject_gap: bool,
+        on_accept: Option<Notify<Result<B256, TxError>>>,
+        on_receipt: Option<Notify<Result<Arc<IncludedTx>, TxError>>>,
+    ) -> Result<(), TxError> {
+        try_send(
+            &self.intake,
+            Command::Submit(Box::new(Submission { tx, reject_gap, on_accept, on_receipt })),
+        )
+    }
+
+    /// Calls `notify` when the pooled transaction `hash` is included (at once if it already is).
+    pub fn watch_receipt(
+        &self,
+        hash: B256,
+        notify: Notify<Result<Arc<IncludedTx>, TxError>>,
+    ) -> Result<(), TxError> {
+        try_send(&self.intake, Command::WatchReceipt(hash, notify))
+    }
+
+    /// Submits `raw` and blocks the calling thread until its receipt (or `timeout`).
+    pub fn send_and_wait(&self, raw: &[u8], timeout: Duration) -> Result<Arc<IncludedTx>, TxError> {
+        let tx = self.decode(raw)?;
+        let (done, wait) = bounded(1);
+        self.submit(tx, false, None, Some(Box::new(move |r| { let _ = done.send(r); })))?;
+        wait.recv_timeout(timeout).unwrap_or(Err(TxError::Unavailable("timed out waiting for the receipt")))
+    }
+
+    /// The nonce the next transaction of `address` should carry (pool included).
+    pub fn pending_nonce(&self, address: &Address) -> u64 {
+        // Read the pool's map before the state: the sequencer publishes state first, then prunes
+        // the map, so this order never misses a nonce.
+        let pooled = self.shared.pending_nonces.load().get(address).copied();
+        let state = self.view().state.account(address).map(|a| a.nonce).unwrap_or(0);
+        pooled.unwrap_or(0).max(state)
+    }
+
+    /// A bounded feed of mini-blocks; the subscription ends if the receiver falls `capacity`
+    /// mini-blocks behind.
+    pub fn subscribe_mini_blocks(&self, capacity: usize) -> Receiver<Arc<MiniBlock>> {
+        let (tx, rx) = bounded(capacity);
+        self.shared.mini_block_subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// A bounded feed of sealed EVM blocks, ending like [`Self::subscribe_mini_blocks`].
+    pub fn subscribe_blocks(&self, capacity: usize) -> Receiver<Arc<SealedBlock>> {
+        let (tx, rx) = bounded(capacity);
+        self.shared.block_subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// Stops the sequencer after its current mini-block and waits for it.
+    pub fn shutdown(&mut self) {
+        let _ = self.intake.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,507 @@
+//! The sequencer thread: admits transactions into the pool, seals a mini-block every tick,
+//! executes it, commits its diff and closes an EVM block every block time.
+//!
+//! One pinned thread owns the pool, the state store and the chain under construction. It talks to
+//! the outside only through a bounded intake queue (in) and through published [`ChainView`]s,
+//! callbacks and bounded subscriber queues (out), so nothing on its path takes a lock that a
+//! reader could hold.
+
+use crate::{
+    chain::{ChainView, IncludedTx, MiniBlock, OpenBlock, SealedBlock, STATE_HISTORY_BLOCKS},
+    config::{next_base_fee, ChainConfig, Genesis, INITIAL_BASE_FEE_WEI},
+    exec::{execute_sequential, BlockContext},
+    pool::Mempool,
+    tx::{RecoveredTx, TxError},
+};
+use alloy_consensus::{proofs, Header, Transaction, EMPTY_OMMER_ROOT_HASH};
+use alloy_eips::{eip2718::Encodable2718, eip7685::EMPTY_REQUESTS_HASH};
+use alloy_primitives::{keccak256, logs_bloom, map::HashMap, Address, Bloom, B256, U256};
+use alloy_rlp::Encodable;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use revm::primitives::KECCAK_EMPTY;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use strobe_storage::{AccountChange, AccountState, StateDiff, StateStore, ViewDb};
+
+/// A one-shot callback run on the sequencer thread; it must not block.
+pub type Notify<T> = Box<dyn FnOnce(T) + Send>;
+
+/// How a submission wants to be answered.
+pub struct Submission {
+    /// The transaction.
+    pub tx: RecoveredTx,
+    /// Refuse (with [`TxError::NonceGap`]) instead of queueing behind a nonce gap.
+    pub reject_gap: bool,
+    /// Told whether the pool accepted the transaction.
+    pub on_accept: Option<Notify<Result<B256, TxError>>>,
+    /// Told when the transaction is included (or dropped).
+    pub on_receipt: Option<Notify<Result<Arc<IncludedTx>, TxError>>>,
+}
+
+/// Messages into the sequencer.
+pub enum Command {
+    /// A transaction to admit.
+    Submit(Box<Submission>),
+    /// Wait for the receipt of an already submitted transaction.
+    WatchReceipt(B256, Notify<Result<Arc<IncludedTx>, TxError>>),
+    /// Stop after the current mini-block.
+    Shutdown,
+}
+
+/// State shared between the sequencer and its readers.
+pub struct Shared {
+    /// The newest chain view.
+    pub view: ArcSwap<ChainView>,
+    /// Pending nonces of senders with pooled transactions.
+    pub pending_nonces: ArcSwap<imbl::HashMap<Address, u64>>,
+    /// Mini-block subscribers; a subscriber whose queue is full is dropped.
+    pub mini_block_subscribers: Mutex<Vec<Sender<Arc<MiniBlock>>>>,
+    /// Sealed-block subscribers; a subscriber whose queue is full is dropped.
+    pub block_subscribers: Mutex<Vec<Sender<Arc<SealedBlock>>>>,
+}
+
+/// Capacity of the intake queue between network threads and the sequencer.
+pub const INTAKE_QUEUE_CAPACITY: usize = 65_536;
+
+pub(crate) struct Sequencer {
+    config: ChainConfig,
+    store: Box<dyn StateStore>,
+    pool: Mempool,
+    shared: Arc<Shared>,
+    view: ChainView,
+    waiters: HashMap<B256, Vec<Notify<Result<Arc<IncludedTx>, TxError>>>>,
+    pending_nonces: imbl::HashMap<Address, u64>,
+    next_mini_block: u64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+}
+
+impl Sequencer {
+    /// Builds genesis into `store` and returns the sequencer with its shared state.
+    pub(crate) fn new(
+        config: ChainConfig,
+        genesis: &Genesis,
+        mut store: Box<dyn StateStore>,
+    ) -> Result<(Self, Arc<Shared>), crate::EngineError> {
+        let mut codes = Vec::new();
+        let mut accounts: Vec<AccountChange> = genesis
+            .alloc
+            .iter()
+            .map(|(address, a)| {
+                let code_hash = if a.code.is_empty() {
+                    KECCAK_EMPTY
+                } else {
+                    let hash = keccak256(&a.code);
+                    codes.push((hash, revm::bytecode::Bytecode::new_raw(a.code.clone())));
+                    hash
+                };
+                let mut storage = a.storage.clone();
+                storage.sort_unstable_by_key(|(k, _)| *k);
+                AccountChange {
+                    address: *address,
+                    info: Some(AccountState { nonce: a.nonce, balance: a.balance, code_hash }),
+                    storage_cleared: false,
+                    storage,
+                }
+            })
+            .collect();
+        accounts.sort_unstable_by_key(|a| a.address);
+        accounts.dedup_by_key(|a| a.address);
+        store.apply(&StateDiff { accounts, codes })?;
+        let timestamp = if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
+        let header = Header {
+            parent_hash: B256::ZERO,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: Address::ZERO,
+            state_root: store.state_root(),
+            transactions_root: alloy_trie::EMPTY_ROOT_HASH,
+            receipts_root: alloy_trie::EMPTY_ROOT_HASH,
+            logs_bloom: Bloom::ZERO,
+            difficulty: U256::ZERO,
+            number: 0,
+            gas_limit: config.block_gas_limit,
+            gas_used: 0,
+            timestamp,
+            extra_data: genesis.extra_data.clone(),
+            mix_hash: B256::ZERO,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(INITIAL_BASE_FEE_WEI),
+            withdrawals_root: Some(alloy_trie::EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let genesis_block = seal(header, Vec::new(), 0);
+        let state = store.view();
+        let open = open_after(&genesis_block, &config, timestamp);
+        let mut block_states = imbl::OrdMap::new();
+        block_states.insert(0, state.clone());
+        let view = ChainView {
+            state,
+            sealed: imbl::Vector::unit(Arc::new(genesis_block.clone())),
+            by_hash: imbl::HashMap::unit(genesis_block.hash, 0),
+            txs: imbl::HashMap::new(),
+            open: Arc::new(open),
+            mini_block_number: None,
+            block_states,
+        };
+        let shared = Arc::new(Shared {
+            view: ArcSwap::from_pointee(view.clone()),
+            pending_nonces: ArcSwap::from_pointee(imbl::HashMap::new()),
+            mini_block_subscribers: Mutex::new(Vec::new()),
+            block_subscribers: Mutex::new(Vec::new()),
+        });
+        let pool = Mempool::new(config.pool);
+        let sequencer = Self {
+            config,
+            store,
+            pool,
+            shared: shared.clone(),
+            view,
+            waiters: HashMap::default(),
+            pending_nonces: imbl::HashMap::new(),
+            next_mini_block: 0,
+        };
+        Ok((sequencer, shared))
+    }
+
+    /// Runs until shutdown or until every sender of `intake` is gone.
+    pub(crate) fn run(mut self, intake: Receiver<Command>) {
+        if let Some(core) = self.config.sequencer_core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(core, "could not pin the sequencer thread");
+            }
+        }
+        let tick = self.config.mini_block_time;
+        let mut next_tick = Instant::now() + tick;
+        let mut block_deadline = Instant::now() + self.config.block_time;
+        let mut running = true;
+        while running {
+            // Admit transactions until the tick, or until the mini-block is full.
+            loop {
+                match intake.recv_deadline(next_tick) {
+                    Ok(Command::Submit(s)) => {
+                        self.admit(*s);
+                        if self.pool.ready_len() >= self.config.pool.max_txs_per_mini_block {
+                            break;
+                        }
+                    }
+                    Ok(Command::WatchReceipt(hash, notify)) => self.watch(hash, notify),
+                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                        running = false;
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                }
+            }
+            self.seal_mini_block();
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick += tick;
+                if next_tick <= now {
+                    // We fell behind (a slow mini-block): skip the missed ticks, keep the grid.
+                    let missed = (now - next_tick).as_nanos() / tick.as_nanos().max(1) + 1;
+                    next_tick += tick * missed as u32;
+                }
+            }
+            if now >= block_deadline {
+                self.seal_evm_block();
+                block_deadline += self.config.block_time;
+                if block_deadline <= now {
+                    block_deadline = now + self.config.block_time;
+                }
+            }
+        }
+        // Waiters still pending learn that the node stopped.
+        for (_, list) in self.waiters.drain() {
+            for w in list {
+                w(Err(TxError::Unavailable("node shutting down")));
+            }
+        }
+    }
+
+    fn watch(&mut self, hash: B256, notify: Notify<Result<Arc<IncludedTx>, TxError>>) {
+        if let Some(inc) = self.view.txs.get(&hash) {
+            notify(Ok(inc.clone()));
+        } else if self.pool.contains(&hash) {
+            self.waiters.entry(hash).or_default().push(notify);
+        } else {
+            notify(Err(TxError::Evicted("transaction is not in the pool")));
+        }
+    }
+
+    fn admit(&mut self, s: Submission) {
+        let Submission { tx, reject_gap, on_accept, on_receipt } = s;
+        let tx = Arc::new(tx);
+        let hash = tx.hash;
+        let sender = tx.sender;
+        let account = self.view.state.account(&sender).unwrap_or_default();
+        let result = if self.view.txs.contains_key(&hash) {
+            Err(TxError::AlreadyKnown)
+        } else {
+            self.pool.insert(tx, account.nonce, account.balance, reject_gap)
+        };
+        match result {
+            Ok(inserted) => {
+                if let Some(old) = inserted.replaced {
+                    self.fail_waiters(&old.hash, TxError::Evicted("replaced by a higher-fee transaction"));
+                }
+                for old in inserted.evicted {
+                    self.fail_waiters(&old.hash, TxError::Evicted("txpool is full"));
+                    self.refresh_pending_nonce(&old.sender);
+                }
+                if let Some(w) = on_receipt {
+                    self.waiters.entry(hash).or_default().push(w);
+                }
+                self.refresh_pending_nonce(&sender);
+                self.shared.pending_nonces.store(Arc::new(self.pending_nonces.clone()));
+                if let Some(a) = on_accept {
+                    a(Ok(hash));
+                }
+            }
+            Err(e) => {
+                if let Some(a) = on_accept {
+                    a(Err(e.clone()));
+                }
+                if let Some(w) = on_receipt {
+                    w(Err(e));
+                }
+            }
+        }
+    }
+
+    fn refresh_pending_nonce(&mut self, sender: &Address) {
+        match self.pool.pending_nonce(sender) {
+            Some(n) => {
+                self.pending_nonces.insert(*sender, n);
+            }
+            None => {
+                self.pending_nonces.remove(sender);
+            }
+        }
+    }
+
+    fn fail_waiters(&mut self, hash: &B256, err: TxError) {
+        if let Some(list) = self.waiters.remove(hash) {
+            for w in list {
+                w(Err(err.clone()));
+            }
+        }
+    }
+
+    fn block_context(&self) -> BlockContext {
+        let open = &self.view.open;
+        BlockContext {
+            number: open.number,
+            timestamp: open.timestamp,
+            beneficiary: self.config.beneficiary,
+            gas_limit: open.gas_limit,
+            base_fee: open.base_fee,
+            prevrandao: open.prevrandao,
+            chain_id: self.config.chain_id,
+        }
+    }
+
+    fn seal_mini_block(&mut self) {
+        let open = self.view.open.clone();
+        let block_left = open.gas_limit - open.gas_used;
+        let mut mini_left = self.config.mini_block_gas_limit.min(block_left);
+        let mut picked: Vec<Arc<RecoveredTx>> = Vec::new();
+        while picked.len() < self.config.pool.max_txs_per_mini_block {
+            let max_gas = if picked.is_empty() { block_left } else { mini_left };
+            let Some(tx) = self.pool.pop_ready(max_gas) else { break };
+            mini_left = mini_left.saturating_sub(tx.envelope.gas_limit());
+            picked.push(tx);
+        }
+        let ctx = self.block_context();
+        let sealed = self.view.sealed.clone();
+        let block_hash = move |n: u64| -> B256 {
+            sealed.get(n as usize).map(|b| b.hash).unwrap_or_default()
+        };
+        let base = self.store.view();
+        let refs: Vec<&RecoveredTx> = picked.iter().map(|t| t.as_ref()).collect();
+        let (results, diff) = if refs.is_empty() {
+            (Vec::new(), StateDiff::default())
+        } else {
+            execute_sequential(ViewDb { view: &*base, block_hash: &block_hash }, &ctx, &refs)
+        };
+        if let Err(e) = self.store.apply(&diff) {
+            // The in-memory store cannot fail; a persistent one stops the node here.
+            panic!("state store failed to apply a mini-block: {e}");
+        }
+        let mut open_next = (*open).clone();
+        let mut included = Vec::with_capacity(results.len());
+        let mut dropped = Vec::new();
+        for (tx, result) in picked.iter().zip(results) {
+            match result {
+                Ok(exec) => {
+                    self.pool.on_executed(&tx.sender, tx.envelope.nonce());
+                    let bloom = logs_bloom(exec.logs.iter());
+                    open_next.gas_used += exec.gas_used;
+                    let inc = Arc::new(IncludedTx {
+                        tx: tx.clone(),
+                        block_number: open.number,
+                        index: open_next.txs.len() as u32,
+                        mini_block_number: self.next_mini_block,
+                        success: exec.success,
+                        gas_used: exec.gas_used,
+                        cumulative_gas_used: open_next.gas_used,
+                        effective_gas_price: open.base_fee as u128 + tx.effective_tip(open.base_fee),
+                        first_log_index: open_next.log_count,
+                        contract_address: exec.contract_address,
+                        bloom,
+                        logs: exec.logs,
+                    });
+                    open_next.log_count += inc.logs.len() as u32;
+                    open_next.bloom |= bloom;
+                    open_next.txs.push_back(inc.clone());
+                    included.push(inc);
+                }
+                Err(reason) => {
+                    tracing::debug!(hash = %tx.hash, %reason, "transaction dropped at execution");
+                    self.pool.on_dropped(&tx.sender);
+                    dropped.push((tx.hash, reason));
+                }
+            }
+        }
+        let mini_gas: u64 = included.iter().map(|t| t.gas_used).sum();
+        open_next.mini_block_count += 1;
+        let mini = Arc::new(MiniBlock {
+            number: self.next_mini_block,
+            block_number: open.number,
+            index: open.mini_block_count,
+            timestamp_us: now_us(),
+            block_timestamp: open.timestamp,
+            gas_used: mini_gas,
+            txs: included.clone(),
+            diff: Arc::new(diff),
+        });
+        self.next_mini_block += 1;
+        for inc in &included {
+            self.view.txs.insert(inc.tx.hash, inc.clone());
+        }
+        self.view.state = self.store.view();
+        self.view.open = Arc::new(open_next);
+        self.view.mini_block_number = Some(mini.number);
+        self.shared.view.store(Arc::new(self.view.clone()));
+        // Senders whose transactions left the pool: their nonce now lives in the state.
+        let mut nonces_changed = false;
+        for tx in &picked {
+            let before = self.pending_nonces.get(&tx.sender).copied();
+            self.refresh_pending_nonce(&tx.sender);
+            nonces_changed |= before != self.pending_nonces.get(&tx.sender).copied();
+        }
+        if nonces_changed {
+            self.shared.pending_nonces.store(Arc::new(self.pending_nonces.clone()));
+        }
+        for inc in &included {
+            if let Some(list) = self.waiters.remove(&inc.tx.hash) {
+                for w in list {
+                    w(Ok(inc.clone()));
+                }
+            }
+        }
+        for (hash, reason) in dropped {
+            self.fail_waiters(&hash, TxError::Dropped(reason));
+        }
+        publish(&self.shared.mini_block_subscribers, &mini);
+    }
+
+    fn seal_evm_block(&mut self) {
+        let open = self.view.open.clone();
+        let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
+        let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
+        let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
+        let header = Header {
+            parent_hash: open.parent_hash,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: self.config.beneficiary,
+            state_root: self.store.state_root(),
+            transactions_root: proofs::calculate_transaction_root(&envelopes),
+            receipts_root: proofs::calculate_receipt_root(&receipts),
+            logs_bloom: open.bloom,
+            difficulty: U256::ZERO,
+            number: open.number,
+            gas_limit: open.gas_limit,
+            gas_used: open.gas_used,
+            timestamp: open.timestamp,
+            extra_data: Default::default(),
+            mix_hash: open.prevrandao,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(open.base_fee),
+            withdrawals_root: Some(alloy_trie::EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let block = Arc::new(seal(header, txs, open.mini_block_count));
+        let now_s = now_us() / 1_000_000;
+        let next = open_after(&block, &self.config, now_s);
+        self.view.by_hash.insert(block.hash, block.header.number);
+        self.view.sealed.push_back(block.clone());
+        self.view.block_states.insert(block.header.number, self.view.state.clone());
+        while self.view.block_states.len() > STATE_HISTORY_BLOCKS {
+            let first = *self.view.block_states.keys().next().expect("non-empty");
+            self.view.block_states.remove(&first);
+        }
+        self.view.open = Arc::new(next);
+        self.shared.view.store(Arc::new(self.view.clone()));
+        publish(&self.shared.block_subscribers, &block);
+    }
+}
+
+fn publish<T>(subscribers: &Mutex<Vec<Sender<Arc<T>>>>, item: &Arc<T>) {
+    let mut subs = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    subs.retain(|s| match s.try_send(item.clone()) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            tracing::warn!("dropping a subscriber that fell behind");
+            false
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    });
+}
+
+fn seal(header: Header, txs: Vec<Arc<IncludedTx>>, mini_block_count: u32) -> SealedBlock {
+    let hash = header.hash_slow();
+    let tx_bytes: usize = txs.iter().map(|t| t.tx.envelope.encode_2718_len()).sum();
+    let size = (header.length() + tx_bytes + 8) as u64;
+    SealedBlock { header, hash, txs, mini_block_count, size }
+}
+
+/// The open block that follows `parent`.
+fn open_after(parent: &SealedBlock, config: &ChainConfig, now_s: u64) -> OpenBlock {
+    let h = &parent.header;
+    // Timestamps strictly increase with blocks of a second or more; faster blocks may share one.
+    let min_ts = if config.block_time >= Duration::from_secs(1) { h.timestamp + 1 } else { h.timestamp };
+    OpenBlock {
+        number: h.number + 1,
+        parent_hash: parent.hash,
+        timestamp: now_s.max(min_ts),
+        base_fee: next_base_fee(h.base_fee_per_gas.unwrap_or(INITIAL_BASE_FEE_WEI), h.gas_used, h.gas_limit),
+        gas_limit: config.block_gas_limit,
+        gas_used: 0,
+        prevrandao: keccak256(parent.hash),
+        txs: imbl::Vector::new(),
+        mini_block_count: 0,
+        log_count: 0,
+        bloom: Bloom::ZERO,
+    }
+}
+
+/// Sends `cmd` without blocking; a full queue is reported as [`TxError::Unavailable`].
+pub(crate) fn try_send(tx: &Sender<Command>, cmd: Command) -> Result<(), TxError> {
+    tx.try_send(cmd).map_err(|e| match e {
+        TrySendError::Full(_) => TxError::Unavailable("intake queue is full"),
+        TrySendError::Disconnected(_) => TxError::Unavailable("node is shutting down"),
+    })
+}
