@@ -1,1 +1,242 @@
-fn main() {}
+//! The `strobe` binary: runs a dev chain (and later a persistent node) from the command line.
+//!
+//! Threads: the main thread runs the network ring; the engine runs its sequencer thread; signal
+//! handling only flips an atomic flag that both loops watch.
+
+use alloy_primitives::{Address, U256};
+use clap::{Args, Parser, Subcommand};
+use mimalloc::MiMalloc;
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+use strobe_engine::{
+    config::{ChainConfig, Genesis, GenesisAccount},
+    Engine,
+};
+
+mod genesis;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// The standard test mnemonic (same accounts as anvil and hardhat).
+const DEV_MNEMONIC: &str = "test test test test test test test test test test test junk";
+/// Wei per ether.
+const WEI_PER_ETH: u128 = 1_000_000_000_000_000_000;
+
+#[derive(Parser)]
+#[command(name = "strobe", version, about = "Real-time Ethereum L2 sequencer: 10 ms mini-blocks, 1 s EVM blocks, JSON-RPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local dev chain with prefunded accounts (state kept in memory).
+    Dev(DevArgs),
+}
+
+#[derive(Args, Clone)]
+struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// JSON-RPC port (0 picks a free one; the chosen port is printed).
+    #[arg(long, default_value_t = 8545)]
+    port: u16,
+    /// EIP-155 chain id (default 31337, or the genesis file's `config.chainId`).
+    #[arg(long)]
+    chain_id: Option<u64>,
+    /// Interval between mini-blocks (e.g. 10ms, 500us, 1s).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    mini_block_time: Duration,
+    /// Interval between EVM blocks.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    block_time: Duration,
+    /// Gas limit of each EVM block.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    gas_limit: u64,
+    /// Number of prefunded dev accounts derived from the mnemonic.
+    #[arg(long, default_value_t = 10)]
+    accounts: u32,
+    /// Balance of each dev account, in ether.
+    #[arg(long, default_value_t = 10_000)]
+    balance: u64,
+    /// Mnemonic the dev accounts are derived from (BIP-44 path m/44'/60'/0'/0/i).
+    #[arg(long, default_value = DEV_MNEMONIC)]
+    mnemonic: String,
+    /// Genesis file (geth style: `alloc`, optional `config.chainId`, `timestamp`, `extraData`).
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// Data directory. The dev chain keeps its state in memory; the directory is created and
+    /// holds nothing yet (persistence comes with the memory-mapped store).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// Address that receives priority fees.
+    #[arg(long, default_value_t = Address::ZERO)]
+    beneficiary: Address,
+    /// CPU to pin the sequencer thread to.
+    #[arg(long)]
+    sequencer_core: Option<usize>,
+    /// Don't print the account list.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Parses `10ms`, `500us`, `2s`, `1m` or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
+    let secs = match unit {
+        "" | "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid duration unit in `{s}` (use ns, us, ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs < 86_400.0) {
+        return Err(format!("duration `{s}` out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Errors reported to the operator.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("could not derive dev account {index} from the mnemonic: {reason}")]
+    Mnemonic { index: u32, reason: String },
+    #[error("could not read genesis file {path}: {reason}")]
+    Genesis { path: PathBuf, reason: String },
+    #[error("could not create data directory {path}: {source}")]
+    Datadir { path: PathBuf, source: std::io::Error },
+    #[error("could not listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("the engine failed to start: {0}")]
+    Engine(#[from] strobe_engine::EngineError),
+    #[error("the network server stopped: {0} (io_uring is required; check kernel.io_uring_disabled)")]
+    Server(std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STROBE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => run_dev(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_dev(args: DevArgs) -> Result<(), CliError> {
+    if args.mini_block_time > args.block_time {
+        return Err(CliError::Config("--mini-block-time must not exceed --block-time".into()));
+    }
+    if args.gas_limit < 21_000 {
+        return Err(CliError::Config("--gas-limit must be at least 21000".into()));
+    }
+    let mut genesis = Genesis::default();
+    let mut chain_id = args.chain_id;
+    if let Some(path) = &args.genesis {
+        let file = genesis::load(path).map_err(|reason| CliError::Genesis { path: path.clone(), reason })?;
+        chain_id = chain_id.or(file.chain_id);
+        genesis = file.genesis;
+    }
+    if let Some(dir) = &args.datadir {
+        std::fs::create_dir_all(dir).map_err(|source| CliError::Datadir { path: dir.clone(), source })?;
+    }
+    let keys = dev_keys(&args.mnemonic, args.accounts)?;
+    let balance = U256::from(args.balance) * U256::from(WEI_PER_ETH);
+    for (address, _) in &keys {
+        genesis.alloc.push((*address, GenesisAccount { balance, ..Default::default() }));
+    }
+    let config = ChainConfig {
+        chain_id: chain_id.unwrap_or(31337),
+        mini_block_time: args.mini_block_time,
+        block_time: args.block_time,
+        block_gas_limit: args.gas_limit,
+        mini_block_gas_limit: (args.gas_limit / 10).max(30_000_000).min(args.gas_limit),
+        beneficiary: args.beneficiary,
+        sequencer_core: args.sequencer_core,
+        ..ChainConfig::default()
+    };
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
+    let engine = Arc::new(Engine::start(config.clone(), &genesis, Box::new(strobe_engine::storage::MemoryStore::new()))?);
+
+    if !args.quiet {
+        print_banner(&keys, args.balance, &config);
+    }
+    println!("Listening on {local}");
+    println!("RPC URL: http://{local}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| CliError::Config(format!("could not install signal handler: {e}")))?;
+    }
+    let accounts = keys.iter().map(|(a, _)| *a).collect();
+    let served = strobe_net::serve(listener, engine.clone(), accounts, &stop);
+    match Arc::try_unwrap(engine) {
+        Ok(mut engine) => engine.shutdown(),
+        Err(_) => tracing::warn!("engine still referenced at shutdown"),
+    }
+    served.map_err(CliError::Server)?;
+    eprintln!("strobe: stopped");
+    Ok(())
+}
+
+fn dev_keys(mnemonic: &str, count: u32) -> Result<Vec<(Address, String)>, CliError> {
+    (0..count)
+        .map(|index| {
+            let signer = alloy_signer_local::MnemonicBuilder::<alloy_signer_local::coins_bip39::English>::default()
+                .phrase(mnemonic)
+                .index(index)
+                .and_then(|b| b.build())
+                .map_err(|e| CliError::Mnemonic { index, reason: e.to_string() })?;
+            Ok((signer.address(), format!("{}", signer.to_bytes())))
+        })
+        .collect()
+}
+
+fn print_banner(keys: &[(Address, String)], balance_eth: u64, config: &ChainConfig) {
+    println!("strobe v{} — dev chain", env!("CARGO_PKG_VERSION"));
+    println!();
+    println!("Available Accounts");
+    println!("==================");
+    for (i, (a, _)) in keys.iter().enumerate() {
+        println!("({i}) {a} ({balance_eth} ETH)");
+    }
+    println!();
+    println!("Private Keys");
+    println!("==================");
+    for (i, (_, k)) in keys.iter().enumerate() {
+        println!("({i}) {k}");
+    }
+    println!();
+    println!("Chain ID:        {}", config.chain_id);
+    println!("Mini-block time: {:?}", config.mini_block_time);
+    println!("Block time:      {:?}", config.block_time);
+    println!("Block gas limit: {}", config.block_gas_limit);
+    println!();
+}

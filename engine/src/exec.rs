@@ -78,6 +78,8 @@ pub struct TxExecution {
     pub contract_address: Option<Address>,
     /// Return or revert data.
     pub output: Bytes,
+    /// Why execution halted (out of gas, invalid opcode, ...), if it did.
+    pub halt: Option<String>,
 }
 
 /// One account's accumulated change inside an [`Overlay`].
@@ -258,6 +260,7 @@ fn execution_of(result: ExecutionResult, tx_env: &TxEnv) -> TxExecution {
                 logs,
                 contract_address,
                 output: output.into_data(),
+                halt: None,
             }
         }
         ExecutionResult::Revert { output, .. } => TxExecution {
@@ -266,14 +269,31 @@ fn execution_of(result: ExecutionResult, tx_env: &TxEnv) -> TxExecution {
             logs: Vec::new(),
             contract_address: None,
             output,
+            halt: None,
         },
-        ExecutionResult::Halt { .. } => TxExecution {
+        ExecutionResult::Halt { reason, .. } => TxExecution {
             success: false,
             gas_used,
             logs: Vec::new(),
             contract_address: None,
             output: Bytes::new(),
+            halt: Some(halt_message(&format!("{reason:?}"))),
         },
+    }
+}
+
+/// geth's wording for common halts.
+fn halt_message(debug: &str) -> String {
+    if debug.contains("OutOfGas") {
+        "out of gas".into()
+    } else if debug.contains("InvalidFEOpcode") || debug.contains("OpcodeNotFound") {
+        "invalid opcode".into()
+    } else if debug.contains("StackUnderflow") {
+        "stack underflow".into()
+    } else if debug.contains("StackOverflow") {
+        "stack limit reached".into()
+    } else {
+        debug.to_ascii_lowercase()
     }
 }
 

@@ -222,7 +222,7 @@ def test_receipt_before_and_after_seal(chain, node, token):
     pending = node.call("eth_getBlockByNumber", ["pending", False])
     if chain.block_number() < q(early["blockNumber"]):
         assert pending["hash"] is None
-        assert pending["number"] == early["blockNumber"]
+        assert q(pending["number"]) == q(early["blockNumber"])
         assert h in pending["transactions"]
 
     late = chain.wait_sealed(h)

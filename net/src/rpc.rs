@@ -1,0 +1,930 @@
+//! The JSON-RPC layer: envelopes, batches, error codes and the `eth_*` methods.
+//!
+//! Runs on the network thread. Methods read the newest [`ChainView`] (lock-free) or submit
+//! transactions to the engine; a method whose answer depends on the sequencer (sending a
+//! transaction) returns a *waiting* part that the network thread completes when the engine's
+//! callback arrives.
+
+use crate::format;
+use alloy_eips::{BlockId, BlockNumberOrTag};
+use alloy_primitives::{Address, Bytes, B256, U256};
+use alloy_rpc_types_eth::{Filter, FilterBlockOption, TransactionRequest};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use strobe_engine::{
+    chain::{ChainView, IncludedTx, SealedBlock},
+    exec::{self, BlockContext, CallRequest, TxExecution},
+    sequencer::Notify,
+    storage::{StateView, ViewDb},
+    tx::TxError,
+    Engine,
+};
+
+/// Most calls in one batch (geth's `BatchRequestLimit`).
+pub const MAX_BATCH_LEN: usize = 1000;
+/// Most blocks one `eth_getLogs` may scan.
+pub const MAX_LOG_RANGE_BLOCKS: u64 = 10_000;
+/// Most logs one `eth_getLogs` may return.
+pub const MAX_LOG_RESULTS: usize = 10_000;
+/// Gas cap for `eth_call` and `eth_estimateGas` (geth's `RPCGasCap`).
+pub const RPC_GAS_CAP: u64 = 50_000_000;
+/// Default and largest timeout of `eth_sendRawTransactionSync`.
+pub const SYNC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Largest timeout a client may ask of `eth_sendRawTransactionSync`.
+pub const SYNC_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// How long `realtime_sendRawTransaction` waits before "realtime transaction expired".
+pub const REALTIME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most installed filters.
+pub const MAX_FILTERS: usize = 4096;
+/// A filter not polled for this long is removed (geth: 5 minutes).
+pub const FILTER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Priority fee suggested by `eth_maxPriorityFeePerGas` and folded into `eth_gasPrice`.
+pub const SUGGESTED_TIP_WEI: u128 = 1_000_000_000;
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    /// Error code.
+    pub code: i64,
+    /// Message.
+    pub message: String,
+    /// Optional data.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), data: None }
+    }
+    /// -32602.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(-32602, message)
+    }
+    fn server(message: impl Into<String>) -> Self {
+        Self::new(-32000, message)
+    }
+    fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+fn tx_error(e: &TxError) -> RpcError {
+    match e {
+        TxError::NonceGap { expected, .. } => {
+            RpcError::new(5, e.to_string()).with_data(json!(format!("{expected:#x}")))
+        }
+        _ => RpcError::server(e.to_string()),
+    }
+}
+
+fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
+    match result {
+        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+        Err(e) => {
+            let mut err = json!({"code": e.code, "message": e.message});
+            if let Some(d) = e.data {
+                err["data"] = d;
+            }
+            json!({"jsonrpc": "2.0", "id": id, "error": err})
+        }
+    }
+}
+
+/// What a waiting call waits for.
+#[derive(Debug, Clone)]
+pub enum WaitKind {
+    /// `eth_sendRawTransaction`: the pool's verdict.
+    Accept,
+    /// `eth_sendRawTransactionSync`: the receipt, or error 4 at the deadline.
+    Sync(B256),
+    /// `realtime_sendRawTransaction`: the receipt, or "realtime transaction expired".
+    Realtime(B256),
+}
+
+/// One call's answer, ready or awaited.
+#[derive(Debug)]
+pub enum Part {
+    /// The response object.
+    Ready(Value),
+    /// Waiting for the engine.
+    Waiting {
+        /// Request id.
+        id: Value,
+        /// What it waits for.
+        kind: WaitKind,
+        /// When it gives up.
+        deadline: Option<Instant>,
+    },
+}
+
+/// An engine event delivered to a waiting part.
+#[derive(Debug)]
+pub enum Event {
+    /// The pool's verdict.
+    Accepted(Result<B256, TxError>),
+    /// Inclusion or final failure.
+    Included(Result<Arc<IncludedTx>, TxError>),
+}
+
+/// Callbacks the engine calls for one waiting part.
+pub struct Callbacks {
+    /// Called with the pool's verdict.
+    pub on_accept: Notify<Result<B256, TxError>>,
+    /// Called on inclusion.
+    pub on_receipt: Notify<Result<Arc<IncludedTx>, TxError>>,
+}
+
+/// A dispatched request: a single call or a batch.
+#[derive(Debug)]
+pub struct Dispatched {
+    /// Whether the request was a batch (answered with an array).
+    pub batch: bool,
+    /// One part per call that expects an answer.
+    pub parts: Vec<Part>,
+}
+
+impl Dispatched {
+    /// Whether every part is ready.
+    pub fn is_ready(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Ready(_)))
+    }
+
+    /// The response body; call when [`Self::is_ready`].
+    pub fn body(&self) -> Vec<u8> {
+        let values: Vec<&Value> = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Ready(v) => v,
+                Part::Waiting { .. } => &Value::Null,
+            })
+            .collect();
+        if self.batch {
+            if values.is_empty() {
+                return Vec::new();
+            }
+            serde_json::to_vec(&values).unwrap_or_default()
+        } else {
+            match values.first() {
+                Some(v) => serde_json::to_vec(v).unwrap_or_default(),
+                None => Vec::new(),
+            }
+        }
+    }
+
+    /// The earliest deadline among waiting parts.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Waiting { deadline, .. } => *deadline,
+                Part::Ready(_) => None,
+            })
+            .min()
+    }
+}
+
+enum Outcome {
+    Done(Result<Value, RpcError>),
+    Wait(WaitKind, Option<Instant>),
+}
+
+struct InstalledFilter {
+    kind: FilterKind,
+    last_poll: Instant,
+}
+
+enum FilterKind {
+    Blocks { next: u64 },
+    Logs { filter: Box<Filter>, next: u64 },
+}
+
+/// Per-network-thread RPC state.
+pub struct Rpc {
+    engine: Arc<Engine>,
+    accounts: Vec<Address>,
+    filters: HashMap<u64, InstalledFilter>,
+    next_filter_id: u64,
+}
+
+fn param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<T, RpcError> {
+    let v = params.get(i).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("invalid argument {i}: {e}")))
+}
+
+fn opt_param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<Option<T>, RpcError> {
+    match params.get(i) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => param(params, i).map(Some),
+    }
+}
+
+fn qty(n: impl Into<u128>) -> Value {
+    json!(format!("{:#x}", n.into()))
+}
+
+impl Rpc {
+    /// RPC state over `engine`; `accounts` is what `eth_accounts` lists.
+    pub fn new(engine: Arc<Engine>, accounts: Vec<Address>) -> Self {
+        Self { engine, accounts, filters: HashMap::new(), next_filter_id: 1 }
+    }
+
+    /// Handles one HTTP body. `callbacks(i)` builds the engine callbacks for part `i`.
+    pub fn dispatch(&mut self, body: &[u8], callbacks: &dyn Fn(usize) -> Callbacks) -> Dispatched {
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return Dispatched {
+                    batch: false,
+                    parts: vec![Part::Ready(response(
+                        &Value::Null,
+                        Err(RpcError::new(-32700, format!("parse error: {e}"))),
+                    ))],
+                }
+            }
+        };
+        match value {
+            Value::Array(calls) => {
+                if calls.is_empty() {
+                    return Dispatched {
+                        batch: false,
+                        parts: vec![Part::Ready(response(
+                            &Value::Null,
+                            Err(RpcError::new(-32600, "empty batch")),
+                        ))],
+                    };
+                }
+                if calls.len() > MAX_BATCH_LEN {
+                    return Dispatched {
+                        batch: false,
+                        parts: vec![Part::Ready(response(
+                            &Value::Null,
+                            Err(RpcError::new(
+                                -32600,
+                                format!("batch too large: {} calls, limit {MAX_BATCH_LEN}", calls.len()),
+                            )),
+                        ))],
+                    };
+                }
+                let mut parts = Vec::with_capacity(calls.len());
+                for call in calls {
+                    let index = parts.len();
+                    if let Some(p) = self.call(call, &|| callbacks(index)) {
+                        parts.push(p);
+                    }
+                }
+                Dispatched { batch: true, parts }
+            }
+            other => {
+                let parts = self.call(other, &|| callbacks(0)).into_iter().collect();
+                Dispatched { batch: false, parts }
+            }
+        }
+    }
+
+    /// Handles one call object; `None` for notifications (no id).
+    fn call(&mut self, call: Value, callbacks: &dyn Fn() -> Callbacks) -> Option<Part> {
+        let Value::Object(mut obj) = call else {
+            return Some(Part::Ready(response(
+                &Value::Null,
+                Err(RpcError::new(-32600, "invalid request")),
+            )));
+        };
+        let id = obj.remove("id");
+        let is_notification = id.is_none();
+        let id = id.unwrap_or(Value::Null);
+        if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+            return Some(Part::Ready(response(&Value::Null, Err(RpcError::new(-32600, "invalid request id")))));
+        }
+        let method = match obj.remove("method") {
+            Some(Value::String(m)) => m,
+            _ => {
+                return Some(Part::Ready(response(&id, Err(RpcError::new(-32600, "invalid request: missing method")))))
+            }
+        };
+        let params = match obj.remove("params") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(Value::Object(_)) => {
+                return Some(Part::Ready(response(
+                    &id,
+                    Err(RpcError::invalid_params("named parameters are not supported")),
+                )))
+            }
+            Some(_) => return Some(Part::Ready(response(&id, Err(RpcError::new(-32600, "invalid request: params"))))),
+        };
+        let outcome = self.method(&method, &params, callbacks);
+        if is_notification {
+            return None;
+        }
+        Some(match outcome {
+            Outcome::Done(r) => Part::Ready(response(&id, r)),
+            Outcome::Wait(kind, deadline) => Part::Waiting { id, kind, deadline },
+        })
+    }
+
+    /// Delivers an engine event to a waiting part. Returns whether the part became ready.
+    pub fn complete(&self, part: &mut Part, event: Event) -> bool {
+        let Part::Waiting { id, kind, .. } = part else { return false };
+        let result = match (kind, event) {
+            (WaitKind::Accept, Event::Accepted(r)) => Some(r.map(|h| json!(h)).map_err(|e| tx_error(&e))),
+            (WaitKind::Accept, Event::Included(_)) => None,
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Accepted(Err(e))) => Some(Err(tx_error(&e))),
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Accepted(Ok(_))) => None,
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Included(Ok(inc))) => {
+                let view = self.engine.view();
+                Some(Ok(format::receipt(&view, &inc)))
+            }
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Included(Err(e))) => Some(Err(tx_error(&e))),
+        };
+        match result {
+            Some(r) => {
+                *part = Part::Ready(response(id, r));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Answers waiting parts whose deadline has passed. Returns whether any became ready.
+    pub fn expire(&self, parts: &mut [Part], now: Instant) -> bool {
+        let mut any = false;
+        for part in parts.iter_mut() {
+            let Part::Waiting { id, kind, deadline } = part else { continue };
+            if deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            let err = match kind {
+                WaitKind::Sync(hash) => RpcError::new(
+                    4,
+                    "The transaction was added to the mempool but wasn't processed within the designated timeout interval.",
+                )
+                .with_data(json!(hash)),
+                WaitKind::Realtime(hash) => RpcError::server("realtime transaction expired").with_data(json!(hash)),
+                WaitKind::Accept => RpcError::server("sequencer did not answer in time"),
+            };
+            *part = Part::Ready(response(id, Err(err)));
+            any = true;
+        }
+        any
+    }
+
+    fn method(&mut self, method: &str, p: &[Value], callbacks: &dyn Fn() -> Callbacks) -> Outcome {
+        let view = self.engine.view();
+        let done = Outcome::Done;
+        match method {
+            "eth_sendRawTransaction" => self.send(p, None, callbacks),
+            "eth_sendRawTransactionSync" => {
+                let timeout = match opt_param::<u64>(p, 1) {
+                    Ok(t) => t.map(Duration::from_millis).unwrap_or(SYNC_TIMEOUT_DEFAULT).min(SYNC_TIMEOUT_MAX),
+                    Err(e) => return done(Err(e)),
+                };
+                self.send(p, Some((false, timeout)), callbacks)
+            }
+            "realtime_sendRawTransaction" => self.send(p, Some((true, REALTIME_TIMEOUT)), callbacks),
+            _ => done(self.read_method(method, p, &view)),
+        }
+    }
+
+    fn send(&mut self, p: &[Value], sync: Option<(bool, Duration)>, callbacks: &dyn Fn() -> Callbacks) -> Outcome {
+        let raw: Bytes = match param(p, 0) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Done(Err(e)),
+        };
+        let tx = match self.engine.decode(&raw) {
+            Ok(tx) => tx,
+            Err(e) => return Outcome::Done(Err(tx_error(&e))),
+        };
+        let hash = tx.hash;
+        let cb = callbacks();
+        let (kind, deadline, on_receipt, reject_gap) = match sync {
+            None => (WaitKind::Accept, Some(Instant::now() + Duration::from_secs(30)), None, false),
+            Some((realtime, timeout)) => {
+                let kind = if realtime { WaitKind::Realtime(hash) } else { WaitKind::Sync(hash) };
+                (kind, Some(Instant::now() + timeout), Some(cb.on_receipt), !realtime)
+            }
+        };
+        match self.engine.submit(tx, reject_gap, Some(cb.on_accept), on_receipt) {
+            Ok(()) => Outcome::Wait(kind, deadline),
+            Err(e) => Outcome::Done(Err(tx_error(&e))),
+        }
+    }
+
+    fn read_method(&mut self, method: &str, p: &[Value], view: &ChainView) -> Result<Value, RpcError> {
+        let cfg = self.engine.config();
+        match method {
+            "eth_chainId" => Ok(qty(cfg.chain_id)),
+            "net_version" => Ok(json!(cfg.chain_id.to_string())),
+            "net_listening" => Ok(json!(true)),
+            "net_peerCount" => Ok(qty(0u64)),
+            "web3_clientVersion" => Ok(json!(format!(
+                "strobe/v{}/{}-{}/rust",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            ))),
+            "web3_sha3" => {
+                let data: Bytes = param(p, 0)?;
+                Ok(json!(alloy_primitives::keccak256(&data)))
+            }
+            "eth_syncing" => Ok(json!(false)),
+            "eth_mining" => Ok(json!(true)),
+            "eth_hashrate" => Ok(qty(0u64)),
+            "eth_accounts" => Ok(json!(self.accounts)),
+            "eth_blockNumber" => Ok(qty(view.head().header.number)),
+            "eth_gasPrice" => Ok(qty(view.open.base_fee as u128 + SUGGESTED_TIP_WEI)),
+            "eth_maxPriorityFeePerGas" => Ok(qty(SUGGESTED_TIP_WEI)),
+            "eth_blobBaseFee" => Ok(qty(1u64)),
+            "eth_feeHistory" => self.fee_history(p, view),
+            "eth_getBalance" => {
+                let addr: Address = param(p, 0)?;
+                let state = state_at(view, p.get(1))?;
+                Ok(json!(state.account(&addr).map(|a| a.balance).unwrap_or_default()))
+            }
+            "eth_getTransactionCount" => {
+                let addr: Address = param(p, 0)?;
+                let tag: Option<BlockId> = opt_param(p, 1)?;
+                if matches!(tag, Some(BlockId::Number(BlockNumberOrTag::Pending))) {
+                    return Ok(qty(self.engine.pending_nonce(&addr)));
+                }
+                let state = state_at(view, p.get(1))?;
+                Ok(qty(state.account(&addr).map(|a| a.nonce).unwrap_or(0)))
+            }
+            "eth_getCode" => {
+                let addr: Address = param(p, 0)?;
+                let state = state_at(view, p.get(1))?;
+                let code = state
+                    .account(&addr)
+                    .and_then(|a| state.code(&a.code_hash))
+                    .map(|c| c.original_bytes())
+                    .unwrap_or_default();
+                Ok(json!(code))
+            }
+            "eth_getStorageAt" => {
+                let addr: Address = param(p, 0)?;
+                let slot: U256 = param(p, 1)?;
+                let state = state_at(view, p.get(2))?;
+                Ok(json!(B256::from(state.storage(&addr, &slot))))
+            }
+            "eth_call" => {
+                let req: TransactionRequest = param(p, 0)?;
+                let exec = self.run_call(view, &req, p.get(1))?;
+                if exec.success {
+                    Ok(json!(exec.output))
+                } else {
+                    Err(revert_error(&exec))
+                }
+            }
+            "eth_estimateGas" => {
+                let req: TransactionRequest = param(p, 0)?;
+                self.estimate_gas(view, &req, p.get(1)).map(qty)
+            }
+            "eth_getTransactionByHash" => {
+                let hash: B256 = param(p, 0)?;
+                Ok(view.txs.get(&hash).map(|t| format::transaction(view, t)).unwrap_or(Value::Null))
+            }
+            "eth_getTransactionReceipt" => {
+                let hash: B256 = param(p, 0)?;
+                Ok(view.txs.get(&hash).map(|t| format::receipt(view, t)).unwrap_or(Value::Null))
+            }
+            "eth_getBlockByNumber" | "eth_getBlockByHash" => {
+                let full: bool = opt_param(p, 1)?.unwrap_or(false);
+                match self.find_block(view, method, p)? {
+                    Found::Sealed(b) => Ok(format::block(view, &b, full)),
+                    Found::Pending => Ok(format::pending_block(view, &view.open, full)),
+                    Found::None => Ok(Value::Null),
+                }
+            }
+            "eth_getBlockTransactionCountByNumber" | "eth_getBlockTransactionCountByHash" => {
+                match self.find_block(view, method, p)? {
+                    Found::Sealed(b) => Ok(qty(b.txs.len() as u64)),
+                    Found::Pending => Ok(qty(view.open.txs.len() as u64)),
+                    Found::None => Ok(Value::Null),
+                }
+            }
+            "eth_getTransactionByBlockNumberAndIndex" | "eth_getTransactionByBlockHashAndIndex" => {
+                let index: U256 = param(p, 1)?;
+                let index = index.saturating_to::<usize>();
+                let tx = match self.find_block(view, method, p)? {
+                    Found::Sealed(b) => b.txs.get(index).cloned(),
+                    Found::Pending => view.open.txs.get(index).cloned(),
+                    Found::None => None,
+                };
+                Ok(tx.map(|t| format::transaction(view, &t)).unwrap_or(Value::Null))
+            }
+            "eth_getBlockReceipts" => {
+                let id: BlockId = param(p, 0)?;
+                let txs: Option<Vec<Arc<IncludedTx>>> = match resolve_block(view, id) {
+                    Found::Sealed(b) => Some(b.txs.clone()),
+                    Found::Pending => Some(view.open.txs.iter().cloned().collect()),
+                    Found::None => None,
+                };
+                Ok(txs
+                    .map(|t| json!(t.iter().map(|t| format::receipt(view, t)).collect::<Vec<_>>()))
+                    .unwrap_or(Value::Null))
+            }
+            "eth_getUncleCountByBlockNumber" | "eth_getUncleCountByBlockHash" => Ok(qty(0u64)),
+            "eth_getLogs" => {
+                let filter: Filter = param(p, 0)?;
+                let logs = logs_matching(view, &filter, None)?;
+                Ok(json!(logs))
+            }
+            "eth_newFilter" => {
+                let filter: Filter = param(p, 0)?;
+                let next = match filter.block_option.get_from_block() {
+                    Some(BlockNumberOrTag::Number(n)) => *n,
+                    _ => view.head().header.number + 1,
+                };
+                self.install(FilterKind::Logs { filter: Box::new(filter), next })
+            }
+            "eth_newBlockFilter" => self.install(FilterKind::Blocks { next: view.head().header.number + 1 }),
+            "eth_getFilterChanges" => self.filter_changes(param(p, 0)?, view),
+            "eth_getFilterLogs" => {
+                let id: U256 = param(p, 0)?;
+                let f = self.filters.get(&id.saturating_to::<u64>()).ok_or_else(|| RpcError::server("filter not found"))?;
+                match &f.kind {
+                    FilterKind::Logs { filter, .. } => Ok(json!(logs_matching(view, filter, None)?)),
+                    FilterKind::Blocks { .. } => Err(RpcError::server("filter not found")),
+                }
+            }
+            "eth_uninstallFilter" => {
+                let id: U256 = param(p, 0)?;
+                Ok(json!(self.filters.remove(&id.saturating_to::<u64>()).is_some()))
+            }
+            _ => Err(RpcError::new(-32601, format!("the method {method} does not exist/is not available"))),
+        }
+    }
+
+    fn install(&mut self, kind: FilterKind) -> Result<Value, RpcError> {
+        let now = Instant::now();
+        self.filters.retain(|_, f| now.duration_since(f.last_poll) < FILTER_TIMEOUT);
+        if self.filters.len() >= MAX_FILTERS {
+            return Err(RpcError::server(format!("too many filters installed (limit {MAX_FILTERS})")));
+        }
+        let id = self.next_filter_id;
+        self.next_filter_id += 1;
+        self.filters.insert(id, InstalledFilter { kind, last_poll: now });
+        Ok(qty(id))
+    }
+
+    fn filter_changes(&mut self, id: U256, view: &ChainView) -> Result<Value, RpcError> {
+        let f = self
+            .filters
+            .get_mut(&id.saturating_to::<u64>())
+            .ok_or_else(|| RpcError::server("filter not found"))?;
+        f.last_poll = Instant::now();
+        let head = view.head().header.number;
+        match &mut f.kind {
+            FilterKind::Blocks { next } => {
+                let hashes: Vec<B256> = (*next..=head)
+                    .filter_map(|n| view.sealed.get(n as usize).map(|b| b.hash))
+                    .collect();
+                *next = head + 1;
+                Ok(json!(hashes))
+            }
+            FilterKind::Logs { filter, next } => {
+                if *next > head {
+                    return Ok(json!([]));
+                }
+                let logs = logs_matching(view, filter, Some((*next, head)))?;
+                *next = head + 1;
+                Ok(json!(logs))
+            }
+        }
+    }
+
+    fn find_block(&self, view: &ChainView, method: &str, p: &[Value]) -> Result<Found, RpcError> {
+        if method.contains("ByHash") || method.contains("BlockHash") {
+            let hash: B256 = param(p, 0)?;
+            Ok(view.by_hash.get(&hash).and_then(|n| view.sealed.get(*n as usize)).cloned().map_or(Found::None, Found::Sealed))
+        } else {
+            let tag: BlockNumberOrTag = param(p, 0)?;
+            Ok(resolve_block(view, BlockId::Number(tag)))
+        }
+    }
+
+    fn block_context(&self, view: &ChainView) -> BlockContext {
+        let open = &view.open;
+        BlockContext {
+            number: open.number,
+            timestamp: open.timestamp,
+            beneficiary: self.engine.config().beneficiary,
+            gas_limit: open.gas_limit,
+            base_fee: open.base_fee,
+            prevrandao: open.prevrandao,
+            chain_id: self.engine.config().chain_id,
+        }
+    }
+
+    fn run_call(&self, view: &ChainView, req: &TransactionRequest, tag: Option<&Value>) -> Result<TxExecution, RpcError> {
+        let state = state_at(view, tag)?;
+        let call = call_request(req);
+        let sealed = view.sealed.clone();
+        let block_hash = move |n: u64| sealed.get(n as usize).map(|b| b.hash).unwrap_or_default();
+        let base = ViewDb { view: &*state, block_hash: &block_hash };
+        exec::call(base, &self.block_context(view), &call, RPC_GAS_CAP).map_err(|e| call_error(&e.to_string()))
+    }
+
+    fn estimate_gas(&self, view: &ChainView, req: &TransactionRequest, tag: Option<&Value>) -> Result<u64, RpcError> {
+        let cap = req.gas.unwrap_or(RPC_GAS_CAP).min(RPC_GAS_CAP);
+        let mut probe = req.clone();
+        probe.gas = Some(cap);
+        let first = self.run_call(view, &probe, tag)?;
+        if !first.success {
+            if first.halt.as_deref() == Some("out of gas") {
+                return Err(RpcError::server(format!("gas required exceeds allowance ({cap})")));
+            }
+            return Err(revert_error(&first));
+        }
+        // Binary search the smallest gas limit that succeeds, as geth does; start from the gas
+        // used scaled by 64/63 (EIP-150's retained gas), which is usually enough.
+        let mut lo = first.gas_used.saturating_sub(1);
+        let mut hi = cap;
+        let optimistic = (first.gas_used + 2300) * 64 / 63;
+        if optimistic < hi {
+            probe.gas = Some(optimistic);
+            if self.run_call(view, &probe, tag).map(|e| e.success).unwrap_or(false) {
+                hi = optimistic;
+            } else {
+                lo = optimistic;
+            }
+        }
+        while lo + 1 < hi {
+            // Stop when within 1.5% like geth, to bound the number of runs.
+            if (hi - lo) * 1000 / hi < 15 {
+                break;
+            }
+            let mid = lo + (hi - lo) / 2;
+            probe.gas = Some(mid);
+            match self.run_call(view, &probe, tag) {
+                Ok(e) if e.success => hi = mid,
+                _ => lo = mid,
+            }
+        }
+        Ok(hi)
+    }
+
+    fn fee_history(&self, p: &[Value], view: &ChainView) -> Result<Value, RpcError> {
+        let count: U256 = param(p, 0)?;
+        let newest: BlockNumberOrTag = param(p, 1)?;
+        let percentiles: Option<Vec<f64>> = opt_param(p, 2)?;
+        let head = view.head().header.number;
+        let newest = match newest {
+            BlockNumberOrTag::Number(n) => n.min(head),
+            _ => head,
+        };
+        let count = count.saturating_to::<u64>().clamp(1, 1024).min(newest + 1);
+        let oldest = newest + 1 - count;
+        let mut base = Vec::new();
+        let mut ratio = Vec::new();
+        let mut rewards = Vec::new();
+        for n in oldest..=newest {
+            let b = &view.sealed[n as usize];
+            let h = &b.header;
+            base.push(qty(h.base_fee_per_gas.unwrap_or_default()));
+            ratio.push(json!(if h.gas_limit == 0 { 0.0 } else { h.gas_used as f64 / h.gas_limit as f64 }));
+            if let Some(ps) = &percentiles {
+                rewards.push(json!(block_rewards(b, ps).into_iter().map(qty).collect::<Vec<_>>()));
+            }
+        }
+        let next_base = if newest == head {
+            view.open.base_fee
+        } else {
+            view.sealed[(newest + 1) as usize].header.base_fee_per_gas.unwrap_or_default()
+        };
+        base.push(qty(next_base));
+        let mut out = json!({
+            "oldestBlock": qty(oldest),
+            "baseFeePerGas": base,
+            "gasUsedRatio": ratio,
+            "baseFeePerBlobGas": vec![qty(0u64); count as usize + 1],
+            "blobGasUsedRatio": vec![json!(0.0); count as usize],
+        });
+        if percentiles.is_some() {
+            out["reward"] = json!(rewards);
+        }
+        Ok(out)
+    }
+}
+
+/// Tips at the given gas-weighted percentiles of a block's transactions (geth's algorithm).
+fn block_rewards(block: &SealedBlock, percentiles: &[f64]) -> Vec<u128> {
+    let base = block.header.base_fee_per_gas.unwrap_or_default();
+    let mut txs: Vec<(u128, u64)> = block
+        .txs
+        .iter()
+        .map(|t| (t.effective_gas_price.saturating_sub(base as u128), t.gas_used))
+        .collect();
+    if txs.is_empty() {
+        return vec![0; percentiles.len()];
+    }
+    txs.sort_unstable_by_key(|(tip, _)| *tip);
+    let total: u64 = block.header.gas_used.max(1);
+    let mut out = Vec::with_capacity(percentiles.len());
+    let mut i = 0;
+    let mut sum = txs[0].1;
+    for p in percentiles {
+        let threshold = (total as f64 * p / 100.0) as u64;
+        while sum < threshold && i < txs.len() - 1 {
+            i += 1;
+            sum += txs[i].1;
+        }
+        out.push(txs[i].0);
+    }
+    out
+}
+
+enum Found {
+    Sealed(Arc<SealedBlock>),
+    Pending,
+    None,
+}
+
+fn resolve_block(view: &ChainView, id: BlockId) -> Found {
+    let head = view.head();
+    match id {
+        BlockId::Hash(h) => view
+            .by_hash
+            .get(&h.block_hash)
+            .and_then(|n| view.sealed.get(*n as usize))
+            .cloned()
+            .map_or(Found::None, Found::Sealed),
+        BlockId::Number(tag) => match tag {
+            BlockNumberOrTag::Pending => Found::Pending,
+            BlockNumberOrTag::Latest | BlockNumberOrTag::Safe | BlockNumberOrTag::Finalized => {
+                Found::Sealed(head.clone())
+            }
+            BlockNumberOrTag::Earliest => Found::Sealed(view.sealed[0].clone()),
+            BlockNumberOrTag::Number(n) => {
+                view.sealed.get(n as usize).cloned().map_or(Found::None, Found::Sealed)
+            }
+        },
+    }
+}
+
+/// The state a block parameter names: `latest`/`pending` = the newest mini-block.
+fn state_at(view: &ChainView, tag: Option<&Value>) -> Result<Arc<dyn StateView>, RpcError> {
+    let id: BlockId = match tag {
+        None | Some(Value::Null) => BlockId::Number(BlockNumberOrTag::Latest),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| RpcError::invalid_params(format!("invalid block parameter: {e}")))?,
+    };
+    let number = match id {
+        BlockId::Hash(h) => *view
+            .by_hash
+            .get(&h.block_hash)
+            .ok_or_else(|| RpcError::server(format!("header for hash {} not found", h.block_hash)))?,
+        BlockId::Number(BlockNumberOrTag::Number(n)) => {
+            if n > view.open.number {
+                return Err(RpcError::server("header not found"));
+            }
+            n
+        }
+        BlockId::Number(BlockNumberOrTag::Earliest) => 0,
+        BlockId::Number(_) => return Ok(view.state.clone()),
+    };
+    view.state_at(number).ok_or_else(|| {
+        RpcError::server(format!("historical state for block {number} is not available (only the last 128 blocks are kept)"))
+    })
+}
+
+fn call_request(req: &TransactionRequest) -> CallRequest {
+    CallRequest {
+        from: req.from,
+        to: match req.to {
+            Some(alloy_primitives::TxKind::Call(a)) => Some(a),
+            _ => None,
+        },
+        gas: req.gas,
+        gas_price: req.gas_price,
+        max_fee_per_gas: req.max_fee_per_gas,
+        max_priority_fee_per_gas: req.max_priority_fee_per_gas,
+        value: req.value,
+        input: req.input.input().cloned().unwrap_or_default(),
+        nonce: req.nonce,
+        access_list: req.access_list.clone(),
+    }
+}
+
+/// Maps revm's validation errors onto geth's wording.
+fn call_error(msg: &str) -> RpcError {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("lack of funds") || lower.contains("insufficient") {
+        RpcError::server(format!("insufficient funds for gas * price + value: {msg}"))
+    } else if lower.contains("intrinsic") || lower.contains("call gas cost") {
+        RpcError::server(format!("intrinsic gas too low: {msg}"))
+    } else {
+        RpcError::server(msg.to_string())
+    }
+}
+
+/// Code 3 with the revert data, and the decoded reason when it is an `Error(string)`.
+fn revert_error(exec: &TxExecution) -> RpcError {
+    if let Some(halt) = &exec.halt {
+        return RpcError::server(halt.clone());
+    }
+    let reason = decode_revert_reason(&exec.output);
+    let message = match reason {
+        Some(r) => format!("execution reverted: {r}"),
+        None => "execution reverted".to_string(),
+    };
+    RpcError::new(3, message).with_data(json!(exec.output))
+}
+
+/// Decodes `Error(string)` revert data.
+pub fn decode_revert_reason(data: &[u8]) -> Option<String> {
+    const SELECTOR: [u8; 4] = [0x08, 0xc3, 0x79, 0xa0];
+    if data.len() < 4 + 64 || data[..4] != SELECTOR {
+        return None;
+    }
+    let body = &data[4..];
+    let offset = U256::from_be_slice(&body[..32]).saturating_to::<usize>();
+    let len_end = offset.checked_add(32)?;
+    if body.len() < len_end {
+        return None;
+    }
+    let len = U256::from_be_slice(&body[offset..len_end]).saturating_to::<usize>();
+    let end = len_end.checked_add(len)?;
+    let bytes = body.get(len_end..end)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Logs matching `filter`; `range` overrides the filter's own block range.
+fn logs_matching(view: &ChainView, filter: &Filter, range: Option<(u64, u64)>) -> Result<Vec<alloy_rpc_types_eth::Log>, RpcError> {
+    let open = view.open.number;
+    let resolve = |tag: Option<&BlockNumberOrTag>, default: u64| -> u64 {
+        match tag {
+            None => default,
+            Some(BlockNumberOrTag::Number(n)) => *n,
+            Some(BlockNumberOrTag::Earliest) => 0,
+            Some(_) => open,
+        }
+    };
+    let (from, to) = match (&filter.block_option, range) {
+        (_, Some(r)) => r,
+        (FilterBlockOption::AtBlockHash(h), None) => {
+            let n = *view.by_hash.get(h).ok_or_else(|| RpcError::server("unknown block"))?;
+            (n, n)
+        }
+        (FilterBlockOption::Range { from_block, to_block }, None) => {
+            (resolve(from_block.as_ref(), open), resolve(to_block.as_ref(), open))
+        }
+    };
+    if from > to {
+        return Err(RpcError::invalid_params("invalid block range params"));
+    }
+    let to = to.min(open);
+    if to.saturating_sub(from) >= MAX_LOG_RANGE_BLOCKS {
+        return Err(RpcError::new(-32005, format!("query exceeds max block range {MAX_LOG_RANGE_BLOCKS}")));
+    }
+    let mut out = Vec::new();
+    for n in from..=to {
+        let txs: Vec<Arc<IncludedTx>> = if n == open {
+            if !filter.matches_bloom(view.open.bloom) {
+                continue;
+            }
+            view.open.txs.iter().cloned().collect()
+        } else {
+            let Some(b) = view.sealed.get(n as usize) else { continue };
+            if !filter.matches_bloom(b.header.logs_bloom) {
+                continue;
+            }
+            b.txs.clone()
+        };
+        for inc in &txs {
+            for log in format::logs(view, inc) {
+                if filter.matches_address(log.address()) && filter.matches_topics(log.topics()) {
+                    out.push(log);
+                    if out.len() > MAX_LOG_RESULTS {
+                        return Err(RpcError::new(-32005, format!("query returned more than {MAX_LOG_RESULTS} results")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_error_string() {
+        let data = alloy_primitives::hex::decode(concat!(
+            "08c379a0",
+            "0000000000000000000000000000000000000000000000000000000000000020",
+            "0000000000000000000000000000000000000000000000000000000000000014",
+            "696e73756666696369656e742062616c616e6365000000000000000000000000"
+        ))
+        .unwrap();
+        assert_eq!(decode_revert_reason(&data).as_deref(), Some("insufficient balance"));
+        assert_eq!(decode_revert_reason(&data[..40]), None);
+    }
+}
