@@ -346,6 +346,8 @@ pub struct CallRequest {
     pub nonce: Option<u64>,
     /// Access list.
     pub access_list: Option<alloy_eips::eip2930::AccessList>,
+    /// EIP-7702 authorizations (makes the call a type-4 transaction).
+    pub authorization_list: Option<Vec<alloy_eips::eip7702::SignedAuthorization>>,
 }
 
 /// Errors of a call that did not run to a result.
@@ -376,11 +378,20 @@ pub fn call(
     if !fee_given {
         block_env.basefee = 0;
     }
-    let (tx_type, gas_price, tip) = match (req.gas_price, req.max_fee_per_gas) {
+    let (mut tx_type, gas_price, tip) = match (req.gas_price, req.max_fee_per_gas) {
         (Some(p), _) => (if req.access_list.is_some() { 1 } else { 0 }, p, None),
         (None, Some(f)) => (2, f, Some(req.max_priority_fee_per_gas.unwrap_or(0).min(f))),
         (None, None) => (2, 0, Some(0)),
     };
+    let authorization_list: Vec<_> = req
+        .authorization_list
+        .iter()
+        .flatten()
+        .map(|a| Either::Left(a.clone()))
+        .collect();
+    if !authorization_list.is_empty() {
+        tx_type = 4;
+    }
     let env = TxEnv {
         tx_type,
         caller: req.from.unwrap_or_default(),
@@ -395,7 +406,7 @@ pub fn call(
         gas_priority_fee: tip,
         blob_hashes: Vec::new(),
         max_fee_per_blob_gas: 0,
-        authorization_list: Vec::new(),
+        authorization_list,
     };
     let ctx = Context::mainnet().with_db(Overlay::new(base)).with_block(block_env).with_cfg(cfg);
     let mut evm = ctx.build_mainnet();

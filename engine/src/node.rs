@@ -112,9 +112,14 @@ impl Engine {
     pub fn pending_nonce(&self, address: &Address) -> u64 {
         // Read the pool's map before the state: the sequencer publishes state first, then prunes
         // the map, so this order never misses a nonce.
-        let pooled = self.shared.pending_nonces.load().get(address).copied();
+        let pooled = self.shared.pool.load().nonces.get(address).copied();
         let state = self.view().state.account(address).map(|a| a.nonce).unwrap_or(0);
         pooled.unwrap_or(0).max(state)
+    }
+
+    /// A transaction waiting in the pool, by hash.
+    pub fn pooled_transaction(&self, hash: &B256) -> Option<Arc<RecoveredTx>> {
+        self.shared.pool.load().txs.get(hash).cloned()
     }
 
     /// A bounded feed of mini-blocks; the subscription ends if the receiver falls `capacity`

@@ -55,12 +55,21 @@ pub enum Command {
 pub struct Shared {
     /// The newest chain view.
     pub view: ArcSwap<ChainView>,
-    /// Pending nonces of senders with pooled transactions.
-    pub pending_nonces: ArcSwap<imbl::HashMap<Address, u64>>,
+    /// Pending nonces and transactions of the pool.
+    pub pool: ArcSwap<PoolView>,
     /// Mini-block subscribers; a subscriber whose queue is full is dropped.
     pub mini_block_subscribers: Mutex<Vec<Sender<Arc<MiniBlock>>>>,
     /// Sealed-block subscribers; a subscriber whose queue is full is dropped.
     pub block_subscribers: Mutex<Vec<Sender<Arc<SealedBlock>>>>,
+}
+
+/// What readers see of the pool.
+#[derive(Clone, Debug, Default)]
+pub struct PoolView {
+    /// Pending nonce of each sender with pooled transactions.
+    pub nonces: imbl::HashMap<Address, u64>,
+    /// Pooled (not yet included) transactions by hash.
+    pub txs: imbl::HashMap<B256, Arc<RecoveredTx>>,
 }
 
 /// Capacity of the intake queue between network threads and the sequencer.
@@ -73,7 +82,7 @@ pub(crate) struct Sequencer {
     shared: Arc<Shared>,
     view: ChainView,
     waiters: HashMap<B256, Vec<Notify<Result<Arc<IncludedTx>, TxError>>>>,
-    pending_nonces: imbl::HashMap<Address, u64>,
+    pool_view: PoolView,
     next_mini_block: u64,
 }
 
@@ -154,7 +163,7 @@ impl Sequencer {
         };
         let shared = Arc::new(Shared {
             view: ArcSwap::from_pointee(view.clone()),
-            pending_nonces: ArcSwap::from_pointee(imbl::HashMap::new()),
+            pool: ArcSwap::from_pointee(PoolView::default()),
             mini_block_subscribers: Mutex::new(Vec::new()),
             block_subscribers: Mutex::new(Vec::new()),
         });
@@ -166,7 +175,7 @@ impl Sequencer {
             shared: shared.clone(),
             view,
             waiters: HashMap::default(),
-            pending_nonces: imbl::HashMap::new(),
+            pool_view: PoolView::default(),
             next_mini_block: 0,
         };
         Ok((sequencer, shared))
@@ -246,22 +255,25 @@ impl Sequencer {
         let result = if self.view.txs.contains_key(&hash) {
             Err(TxError::AlreadyKnown)
         } else {
-            self.pool.insert(tx, account.nonce, account.balance, reject_gap)
+            self.pool.insert(tx.clone(), account.nonce, account.balance, reject_gap)
         };
         match result {
             Ok(inserted) => {
                 if let Some(old) = inserted.replaced {
+                    self.pool_view.txs.remove(&old.hash);
                     self.fail_waiters(&old.hash, TxError::Evicted("replaced by a higher-fee transaction"));
                 }
                 for old in inserted.evicted {
+                    self.pool_view.txs.remove(&old.hash);
                     self.fail_waiters(&old.hash, TxError::Evicted("txpool is full"));
                     self.refresh_pending_nonce(&old.sender);
                 }
                 if let Some(w) = on_receipt {
                     self.waiters.entry(hash).or_default().push(w);
                 }
+                self.pool_view.txs.insert(hash, tx);
                 self.refresh_pending_nonce(&sender);
-                self.shared.pending_nonces.store(Arc::new(self.pending_nonces.clone()));
+                self.shared.pool.store(Arc::new(self.pool_view.clone()));
                 if let Some(a) = on_accept {
                     a(Ok(hash));
                 }
@@ -280,10 +292,10 @@ impl Sequencer {
     fn refresh_pending_nonce(&mut self, sender: &Address) {
         match self.pool.pending_nonce(sender) {
             Some(n) => {
-                self.pending_nonces.insert(*sender, n);
+                self.pool_view.nonces.insert(*sender, n);
             }
             None => {
-                self.pending_nonces.remove(sender);
+                self.pool_view.nonces.remove(sender);
             }
         }
     }
@@ -392,14 +404,12 @@ impl Sequencer {
         self.view.mini_block_number = Some(mini.number);
         self.shared.view.store(Arc::new(self.view.clone()));
         // Senders whose transactions left the pool: their nonce now lives in the state.
-        let mut nonces_changed = false;
         for tx in &picked {
-            let before = self.pending_nonces.get(&tx.sender).copied();
+            self.pool_view.txs.remove(&tx.hash);
             self.refresh_pending_nonce(&tx.sender);
-            nonces_changed |= before != self.pending_nonces.get(&tx.sender).copied();
         }
-        if nonces_changed {
-            self.shared.pending_nonces.store(Arc::new(self.pending_nonces.clone()));
+        if !picked.is_empty() {
+            self.shared.pool.store(Arc::new(self.pool_view.clone()));
         }
         for inc in &included {
             if let Some(list) = self.waiters.remove(&inc.tx.hash) {

@@ -25,6 +25,19 @@ pub(crate) fn transaction(view: &ChainView, inc: &IncludedTx) -> Value {
     serde_json::to_value(tx).unwrap_or(Value::Null)
 }
 
+/// A pooled transaction: no block fields yet.
+pub(crate) fn pooled_transaction(tx: &strobe_engine::tx::RecoveredTx) -> Value {
+    let t = Transaction {
+        inner: alloy_consensus::transaction::Recovered::new_unchecked(tx.envelope.clone(), tx.sender),
+        block_hash: None,
+        block_number: None,
+        transaction_index: None,
+        effective_gas_price: None,
+        block_timestamp: None,
+    };
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
 /// The logs of an included transaction in RPC form.
 pub(crate) fn logs(view: &ChainView, inc: &IncludedTx) -> Vec<Log> {
     let block_hash = view.block_hash_of(inc);

@@ -487,7 +487,10 @@ impl Rpc {
             }
             "eth_getTransactionByHash" => {
                 let hash: B256 = param(p, 0)?;
-                Ok(view.txs.get(&hash).map(|t| format::transaction(view, t)).unwrap_or(Value::Null))
+                if let Some(t) = view.txs.get(&hash) {
+                    return Ok(format::transaction(view, t));
+                }
+                Ok(self.engine.pooled_transaction(&hash).map(|t| format::pooled_transaction(&t)).unwrap_or(Value::Null))
             }
             "eth_getTransactionReceipt" => {
                 let hash: B256 = param(p, 0)?;
@@ -633,6 +636,20 @@ impl Rpc {
 
     fn estimate_gas(&self, view: &ChainView, req: &TransactionRequest, tag: Option<&Value>) -> Result<u64, RpcError> {
         let cap = req.gas.unwrap_or(RPC_GAS_CAP).min(RPC_GAS_CAP);
+        // A plain transfer to an account without code costs exactly 21000 (geth skips the search).
+        let input_empty = req.input.input().is_none_or(|i| i.is_empty());
+        if let (Some(alloy_primitives::TxKind::Call(to)), true, None) = (req.to, input_empty, &req.authorization_list) {
+            let state = state_at(view, tag)?;
+            let has_code = state.account(&to).is_some_and(|a| a.code_hash != revm_empty_code_hash());
+            if !has_code && req.access_list.as_ref().is_none_or(|l| l.is_empty()) {
+                let mut probe = req.clone();
+                probe.gas = Some(21_000.min(cap));
+                let exec = self.run_call(view, &probe, tag)?;
+                if exec.success {
+                    return Ok(21_000);
+                }
+            }
+        }
         let mut probe = req.clone();
         probe.gas = Some(cap);
         let first = self.run_call(view, &probe, tag)?;
@@ -711,6 +728,10 @@ impl Rpc {
         }
         Ok(out)
     }
+}
+
+fn revm_empty_code_hash() -> B256 {
+    alloy_primitives::b256!("0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
 }
 
 /// Tips at the given gas-weighted percentiles of a block's transactions (geth's algorithm).
@@ -809,6 +830,7 @@ fn call_request(req: &TransactionRequest) -> CallRequest {
         input: req.input.input().cloned().unwrap_or_default(),
         nonce: req.nonce,
         access_list: req.access_list.clone(),
+        authorization_list: req.authorization_list.clone(),
     }
 }
 
