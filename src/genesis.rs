@@ -76,7 +76,8 @@ fn parse(text: &str) -> Result<GenesisFile, String> {
     let mut alloc = Vec::with_capacity(raw.alloc.len());
     for (addr, acct) in raw.alloc {
         let with_prefix = if addr.starts_with("0x") { addr.clone() } else { format!("0x{addr}") };
-        let address: Address = with_prefix.parse().map_err(|e| format!("bad address {addr}: {e}"))?;
+        let address: Address =
+            with_prefix.parse().map_err(|e| format!("bad address {addr}: {e}"))?;
         let balance = acct.balance.map(|b| b.to_u256()).transpose()?.unwrap_or_default();
         let nonce = acct.nonce.map(|n| n.to_u256()).transpose()?.unwrap_or_default();
         let nonce: u64 = nonce.try_into().map_err(|_| format!("nonce of {addr} too large"))?;

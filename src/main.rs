@@ -29,7 +29,11 @@ const DEV_MNEMONIC: &str = "test test test test test test test test test test te
 const WEI_PER_ETH: u128 = 1_000_000_000_000_000_000;
 
 #[derive(Parser)]
-#[command(name = "strobe", version, about = "Real-time Ethereum L2 sequencer: 10 ms mini-blocks, 1 s EVM blocks, JSON-RPC")]
+#[command(
+    name = "strobe",
+    version,
+    about = "Real-time Ethereum L2 sequencer: 10 ms mini-blocks, 1 s EVM blocks, JSON-RPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,7 +125,9 @@ enum CliError {
     Bind { addr: String, source: std::io::Error },
     #[error("the engine failed to start: {0}")]
     Engine(#[from] strobe_engine::EngineError),
-    #[error("the network server stopped: {0} (io_uring is required; check kernel.io_uring_disabled)")]
+    #[error(
+        "the network server stopped: {0} (io_uring is required; check kernel.io_uring_disabled)"
+    )]
     Server(std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -130,7 +136,8 @@ enum CliError {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STROBE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("STROBE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -157,12 +164,14 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
     let mut genesis = Genesis::default();
     let mut chain_id = args.chain_id;
     if let Some(path) = &args.genesis {
-        let file = genesis::load(path).map_err(|reason| CliError::Genesis { path: path.clone(), reason })?;
+        let file = genesis::load(path)
+            .map_err(|reason| CliError::Genesis { path: path.clone(), reason })?;
         chain_id = chain_id.or(file.chain_id);
         genesis = file.genesis;
     }
     if let Some(dir) = &args.datadir {
-        std::fs::create_dir_all(dir).map_err(|source| CliError::Datadir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| CliError::Datadir { path: dir.clone(), source })?;
     }
     let keys = dev_keys(&args.mnemonic, args.accounts)?;
     let balance = U256::from(args.balance) * U256::from(WEI_PER_ETH);
@@ -180,9 +189,15 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         ..ChainConfig::default()
     };
     let addr = format!("{}:{}", args.host, args.port);
-    let listener = TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
-    let local = listener.local_addr().map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
-    let engine = Arc::new(Engine::start(config.clone(), &genesis, Box::new(strobe_engine::storage::MemoryStore::new()))?);
+    let listener =
+        TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
+    let local =
+        listener.local_addr().map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
+    let engine = Arc::new(Engine::start(
+        config.clone(),
+        &genesis,
+        Box::new(strobe_engine::storage::MemoryStore::new()),
+    )?);
 
     if !args.quiet {
         print_banner(&keys, args.balance, &config);
@@ -209,11 +224,13 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
 fn dev_keys(mnemonic: &str, count: u32) -> Result<Vec<(Address, String)>, CliError> {
     (0..count)
         .map(|index| {
-            let signer = alloy_signer_local::MnemonicBuilder::<alloy_signer_local::coins_bip39::English>::default()
-                .phrase(mnemonic)
-                .index(index)
-                .and_then(|b| b.build())
-                .map_err(|e| CliError::Mnemonic { index, reason: e.to_string() })?;
+            let signer = alloy_signer_local::MnemonicBuilder::<
+                alloy_signer_local::coins_bip39::English,
+            >::default()
+            .phrase(mnemonic)
+            .index(index)
+            .and_then(|b| b.build())
+            .map_err(|e| CliError::Mnemonic { index, reason: e.to_string() })?;
             Ok((signer.address(), format!("{}", signer.to_bytes())))
         })
         .collect()

@@ -92,7 +92,6 @@ async fn every_tx_type_transfers_value() {
     let receipt = provider.send_raw_transaction_sync(&raw).await.unwrap();
     assert!(receipt.status());
     assert_eq!(provider.get_balance(to).await.unwrap(), expected + U256::from(7));
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +104,8 @@ async fn erc20_from_solidity_and_logs() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = common::compile_solidity(&root.join("tests/contracts/TestToken.sol"));
     let bytecode: Bytes = out["TestToken"]["bytecode"].as_str().unwrap().parse().unwrap();
-    let args = ("Test".to_string(), "TST".to_string(), U256::from(10).pow(U256::from(24))).abi_encode_params();
+    let args = ("Test".to_string(), "TST".to_string(), U256::from(10).pow(U256::from(24)))
+        .abi_encode_params();
     let mut code = bytecode.to_vec();
     code.extend_from_slice(&args);
     let deploy = TransactionRequest::default().with_deploy_code(Bytes::from(code));
@@ -117,7 +117,8 @@ async fn erc20_from_solidity_and_logs() {
     assert!(supply > U256::ZERO);
 
     let bob = address!("0x00000000000000000000000000000000000000b0");
-    let r = token.transfer(bob, U256::from(1234)).send().await.unwrap().get_receipt().await.unwrap();
+    let r =
+        token.transfer(bob, U256::from(1234)).send().await.unwrap().get_receipt().await.unwrap();
     assert!(r.status());
     assert_eq!(token.balanceOf(bob).call().await.unwrap(), U256::from(1234));
     assert_eq!(token.balanceOf(s0.address()).call().await.unwrap(), supply - U256::from(1234));

@@ -96,9 +96,15 @@ fn validation_errors_carry_geths_messages() {
         (Tx { gas: 2_000_000_000, ..Tx::default() }, "exceeds block gas limit"),
         (Tx { fee: 1, tip: 1, ..Tx::default() }, "max fee per gas less than block base fee"),
         (Tx { tip: 0, ..Tx::default() }, "transaction underpriced"),
-        (Tx { value: U256::from(10).pow(U256::from(30)), ..Tx::default() }, "insufficient funds for gas * price + value"),
-        (Tx { to: None, gas: 15_000_000, input: vec![0; 49_153], ..Tx::default() }, "max initcode size exceeded"),
-        (Tx { to: None, gas: 15_000_000, input: vec![1; 130_000], ..Tx::default() }, "oversized data"),
+        (
+            Tx { value: U256::from(10).pow(U256::from(30)), ..Tx::default() },
+            "insufficient funds for gas * price + value",
+        ),
+        (
+            Tx { to: None, gas: 15_000_000, input: vec![0; 49_153], ..Tx::default() },
+            "max initcode size exceeded",
+        ),
+        (Tx { gas: 15_000_000, input: vec![1; 140_000], ..Tx::default() }, "oversized data"),
     ];
     for (tx, want) in cases {
         let (code, msg) = error_of(&send(url, &tx));
@@ -129,19 +135,29 @@ fn nonce_gaps_fill_and_replacement_needs_a_bump() {
     let url = &node.url;
     let base = nonce(url, "latest");
     // Send n+2 and n+1 first: they wait; pending nonce does not count the gap.
-    let h2 = send(url, &Tx { nonce: base + 2, ..Tx::default() })["result"].as_str().unwrap().to_string();
-    let h1 = send(url, &Tx { nonce: base + 1, ..Tx::default() })["result"].as_str().unwrap().to_string();
+    let h2 =
+        send(url, &Tx { nonce: base + 2, ..Tx::default() })["result"].as_str().unwrap().to_string();
+    let h1 =
+        send(url, &Tx { nonce: base + 1, ..Tx::default() })["result"].as_str().unwrap().to_string();
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(nonce(url, "pending"), base);
     assert!(rpc(url, "eth_getTransactionReceipt", json!([h1]))["result"].is_null());
     // Replacing n+1 with a 5% bump is refused, with 10% it is accepted.
-    let low = Tx { nonce: base + 1, fee: 2 * GWEI * 105 / 100, tip: GWEI * 105 / 100, ..Tx::default() };
+    let low =
+        Tx { nonce: base + 1, fee: 2 * GWEI * 105 / 100, tip: GWEI * 105 / 100, ..Tx::default() };
     let (_, msg) = error_of(&send(url, &low));
     assert_eq!(msg, "replacement transaction underpriced");
-    let bumped = Tx { nonce: base + 1, fee: 2 * GWEI * 11 / 10, tip: GWEI * 11 / 10, value: U256::from(5), ..Tx::default() };
+    let bumped = Tx {
+        nonce: base + 1,
+        fee: 2 * GWEI * 11 / 10,
+        tip: GWEI * 11 / 10,
+        value: U256::from(5),
+        ..Tx::default()
+    };
     let h1b = send(url, &bumped)["result"].as_str().unwrap().to_string();
     // Fill the gap: all three land, and the replacement is what got mined.
-    let h0 = send(url, &Tx { nonce: base, ..Tx::default() })["result"].as_str().unwrap().to_string();
+    let h0 =
+        send(url, &Tx { nonce: base, ..Tx::default() })["result"].as_str().unwrap().to_string();
     for h in [&h0, &h1b, &h2] {
         assert_eq!(wait_receipt(url, h)["status"], "0x1");
     }
@@ -155,15 +171,27 @@ fn sync_send_returns_the_receipt_and_reports_gaps() {
     let node = DevNode::start(&[]);
     let url = &node.url;
     let n = nonce(url, "latest");
-    let r = rpc(url, "eth_sendRawTransactionSync", json!([raw(&Tx { nonce: n, ..Tx::default() }), 1000]));
+    let r = rpc(
+        url,
+        "eth_sendRawTransactionSync",
+        json!([raw(&Tx { nonce: n, ..Tx::default() }), 1000]),
+    );
     assert_eq!(r["result"]["status"], "0x1", "{r}");
-    assert_eq!(r["result"]["from"].as_str().unwrap().to_lowercase(), key().address().to_string().to_lowercase());
+    assert_eq!(
+        r["result"]["from"].as_str().unwrap().to_lowercase(),
+        key().address().to_string().to_lowercase()
+    );
     // A nonce gap cannot be included yet: code 5 with the expected nonce.
-    let r = rpc(url, "eth_sendRawTransactionSync", json!([raw(&Tx { nonce: n + 5, ..Tx::default() })]));
+    let r =
+        rpc(url, "eth_sendRawTransactionSync", json!([raw(&Tx { nonce: n + 5, ..Tx::default() })]));
     let (code, _) = error_of(&r);
     assert_eq!(code, 5);
     assert_eq!(r["error"]["data"], json!(format!("{:#x}", n + 1)));
-    let r = rpc(url, "realtime_sendRawTransaction", json!([raw(&Tx { nonce: n + 1, ..Tx::default() })]));
+    let r = rpc(
+        url,
+        "realtime_sendRawTransaction",
+        json!([raw(&Tx { nonce: n + 1, ..Tx::default() })]),
+    );
     assert_eq!(r["result"]["status"], "0x1", "{r}");
 }
 
@@ -176,7 +204,8 @@ fn envelope_errors_batches_and_limits() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], -32700);
     let (_, body) = post_raw(url, br#"{"jsonrpc":"2.0","id":1,"method":"nope","params":[]}"#);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], -32601);
-    let (_, body) = post_raw(url, br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x12"]}"#);
+    let (_, body) =
+        post_raw(url, br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x12"]}"#);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], -32602);
     let (_, body) = post_raw(url, br#"[1, {"jsonrpc":"2.0","id":7,"method":"eth_chainId"}, {"jsonrpc":"2.0","method":"eth_chainId"}]"#);
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -193,31 +222,54 @@ fn envelope_errors_batches_and_limits() {
     assert!(r["error"].is_object(), "{r}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Random JSON and random bytes get an answer (or a clean close), never a dead server.
-    #[test]
-    fn random_json_never_kills_the_server(
-        method in prop_oneof![
-            prop::sample::select(vec!["eth_getBalance", "eth_call", "eth_getLogs", "eth_estimateGas",
-                "eth_sendRawTransaction", "eth_getBlockByNumber", "eth_feeHistory", "eth_newFilter",
-                "eth_getFilterChanges", "eth_getTransactionCount", "eth_sendRawTransactionSync"])
-                .prop_map(String::from),
-            "[a-z_]{0,12}"],
-        params in proptest::collection::vec(prop_oneof![
-            Just(json!(null)), Just(json!("latest")), any::<i64>().prop_map(|i| json!(i)),
-            "[0-9a-fx]{0,70}".prop_map(|s| json!(s)), Just(json!({"fromBlock": "0x0", "toBlock": "latest"})),
-            Just(json!([1, 2])), Just(json!({"to": "0x01", "data": "0x00"}))], 0..4),
-        garbage in proptest::collection::vec(any::<u8>(), 0..64))
-    {
-        static NODE: std::sync::OnceLock<DevNode> = std::sync::OnceLock::new();
-        let node = NODE.get_or_init(|| DevNode::start(&[]));
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let (code, text) = post_raw(&node.url, body.to_string().as_bytes());
-        prop_assert_eq!(code, 200);
-        let v: Value = serde_json::from_str(&text).unwrap();
-        prop_assert!(v.get("result").is_some() || v.get("error").is_some());
-        let _ = post_raw(&node.url, &garbage);
-        prop_assert_eq!(rpc(&node.url, "eth_chainId", json!([]))["result"].clone(), json!("0x7a69"));
-    }
+/// Random JSON and random bytes get an answer (or a clean close), never a dead server.
+#[test]
+fn random_json_never_kills_the_server() {
+    let node = DevNode::start(&[]);
+    let method = prop_oneof![
+        prop::sample::select(vec![
+            "eth_getBalance",
+            "eth_call",
+            "eth_getLogs",
+            "eth_estimateGas",
+            "eth_sendRawTransaction",
+            "eth_getBlockByNumber",
+            "eth_feeHistory",
+            "eth_newFilter",
+            "eth_getFilterChanges",
+            "eth_getTransactionCount",
+            "eth_sendRawTransactionSync",
+        ])
+        .prop_map(String::from),
+        "[a-z_]{0,12}",
+    ];
+    let params = proptest::collection::vec(
+        prop_oneof![
+            Just(json!(null)),
+            Just(json!("latest")),
+            any::<i64>().prop_map(|i| json!(i)),
+            "[0-9a-fx]{0,70}".prop_map(|s| json!(s)),
+            Just(json!({"fromBlock": "0x0", "toBlock": "latest"})),
+            Just(json!([1, 2])),
+            Just(json!({"to": "0x01", "data": "0x00"})),
+        ],
+        0..4,
+    );
+    let garbage = proptest::collection::vec(any::<u8>(), 0..64);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+    runner
+        .run(&(method, params, garbage), |(method, params, garbage)| {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let (code, text) = post_raw(&node.url, body.to_string().as_bytes());
+            prop_assert_eq!(code, 200);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            prop_assert!(v.get("result").is_some() || v.get("error").is_some());
+            let _ = post_raw(&node.url, &garbage);
+            prop_assert_eq!(
+                rpc(&node.url, "eth_chainId", json!([]))["result"].clone(),
+                json!("0x7a69")
+            );
+            Ok(())
+        })
+        .unwrap();
 }

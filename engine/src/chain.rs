@@ -6,8 +6,8 @@
 //! with the previous one and readers never take a lock.
 
 use crate::tx::RecoveredTx;
-use alloy_consensus::{Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, TxType};
 use alloy_consensus::Typed2718;
+use alloy_consensus::{Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, TxType};
 use alloy_primitives::{Address, Bloom, Log, B256};
 use std::sync::Arc;
 use strobe_storage::{StateDiff, StateView};

@@ -50,10 +50,12 @@ impl BlockContext {
             basefee: self.base_fee,
             difficulty: U256::ZERO,
             prevrandao: Some(self.prevrandao),
-            blob_excess_gas_and_price: Some(revm::context_interface::block::BlobExcessGasAndPrice::new(
-                0,
-                revm::primitives::eip4844::BLOB_BASE_FEE_UPDATE_FRACTION_PRAGUE,
-            )),
+            blob_excess_gas_and_price: Some(
+                revm::context_interface::block::BlobExcessGasAndPrice::new(
+                    0,
+                    revm::primitives::eip4844::BLOB_BASE_FEE_UPDATE_FRACTION_PRAGUE,
+                ),
+            ),
             ..Default::default()
         }
     }
@@ -223,7 +225,10 @@ pub fn tx_env(tx: &RecoveredTx) -> TxEnv {
                     Some(a) => RecoveredAuthority::Valid(*a),
                     None => RecoveredAuthority::Invalid,
                 };
-                Either::Right(RecoveredAuthorization::new_unchecked(auth.inner().clone(), authority))
+                Either::Right(RecoveredAuthorization::new_unchecked(
+                    auth.inner().clone(),
+                    authority,
+                ))
             })
             .collect(),
         None => Vec::new(),
@@ -383,12 +388,8 @@ pub fn call(
         (None, Some(f)) => (2, f, Some(req.max_priority_fee_per_gas.unwrap_or(0).min(f))),
         (None, None) => (2, 0, Some(0)),
     };
-    let authorization_list: Vec<_> = req
-        .authorization_list
-        .iter()
-        .flatten()
-        .map(|a| Either::Left(a.clone()))
-        .collect();
+    let authorization_list: Vec<_> =
+        req.authorization_list.iter().flatten().map(|a| Either::Left(a.clone())).collect();
     if !authorization_list.is_empty() {
         tx_type = 4;
     }

@@ -64,7 +64,8 @@ impl Engine {
             // Name the sender where geth does, at the cost of a second recovery on this rare path.
             match &e {
                 TxError::FeeCapBelowBaseFee { .. } => {
-                    let rules = IntakeRules { base_fee: 0, min_priority_fee_wei: 0, ..self.intake_rules() };
+                    let rules =
+                        IntakeRules { base_fee: 0, min_priority_fee_wei: 0, ..self.intake_rules() };
                     match decode_and_recover(raw, &rules) {
                         Ok(tx) => with_sender(e, tx.sender),
                         Err(_) => e,
@@ -104,8 +105,16 @@ impl Engine {
     pub fn send_and_wait(&self, raw: &[u8], timeout: Duration) -> Result<Arc<IncludedTx>, TxError> {
         let tx = self.decode(raw)?;
         let (done, wait) = bounded(1);
-        self.submit(tx, false, None, Some(Box::new(move |r| { let _ = done.send(r); })))?;
-        wait.recv_timeout(timeout).unwrap_or(Err(TxError::Unavailable("timed out waiting for the receipt")))
+        self.submit(
+            tx,
+            false,
+            None,
+            Some(Box::new(move |r| {
+                let _ = done.send(r);
+            })),
+        )?;
+        wait.recv_timeout(timeout)
+            .unwrap_or(Err(TxError::Unavailable("timed out waiting for the receipt")))
     }
 
     /// The nonce the next transaction of `address` should carry (pool included).

@@ -4,7 +4,10 @@
 //! lower nonce of its sender is executed or ready; ready transactions are executed in arrival
 //! order. Higher nonces wait as *future* transactions (bounded per sender) until the gap fills.
 
-use crate::{config::PoolLimits, tx::{RecoveredTx, TxError}};
+use crate::{
+    config::PoolLimits,
+    tx::{RecoveredTx, TxError},
+};
 use alloy_consensus::Transaction;
 use alloy_primitives::{map::HashMap, Address, B256, U256};
 use std::{
@@ -110,11 +113,7 @@ impl Mempool {
         let cost = tx.max_cost();
         if cost > balance {
             self.drop_if_empty(&sender);
-            return Err(TxError::InsufficientFunds {
-                balance,
-                cost,
-                overshot: cost - balance,
-            });
+            return Err(TxError::InsufficientFunds { balance, cost, overshot: cost - balance });
         }
         let mut inserted = Inserted::default();
         let queue = self.senders.get_mut(&sender).expect("queue created above");

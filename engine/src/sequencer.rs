@@ -122,7 +122,8 @@ impl Sequencer {
         accounts.sort_unstable_by_key(|a| a.address);
         accounts.dedup_by_key(|a| a.address);
         store.apply(&StateDiff { accounts, codes })?;
-        let timestamp = if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
+        let timestamp =
+            if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
         let header = Header {
             parent_hash: B256::ZERO,
             ommers_hash: EMPTY_OMMER_ROOT_HASH,
@@ -261,7 +262,10 @@ impl Sequencer {
             Ok(inserted) => {
                 if let Some(old) = inserted.replaced {
                     self.pool_view.txs.remove(&old.hash);
-                    self.fail_waiters(&old.hash, TxError::Evicted("replaced by a higher-fee transaction"));
+                    self.fail_waiters(
+                        &old.hash,
+                        TxError::Evicted("replaced by a higher-fee transaction"),
+                    );
                 }
                 for old in inserted.evicted {
                     self.pool_view.txs.remove(&old.hash);
@@ -334,9 +338,8 @@ impl Sequencer {
         }
         let ctx = self.block_context();
         let sealed = self.view.sealed.clone();
-        let block_hash = move |n: u64| -> B256 {
-            sealed.get(n as usize).map(|b| b.hash).unwrap_or_default()
-        };
+        let block_hash =
+            move |n: u64| -> B256 { sealed.get(n as usize).map(|b| b.hash).unwrap_or_default() };
         let base = self.store.view();
         let refs: Vec<&RecoveredTx> = picked.iter().map(|t| t.as_ref()).collect();
         let (results, diff) = if refs.is_empty() {
@@ -365,7 +368,8 @@ impl Sequencer {
                         success: exec.success,
                         gas_used: exec.gas_used,
                         cumulative_gas_used: open_next.gas_used,
-                        effective_gas_price: open.base_fee as u128 + tx.effective_tip(open.base_fee),
+                        effective_gas_price: open.base_fee as u128
+                            + tx.effective_tip(open.base_fee),
                         first_log_index: open_next.log_count,
                         contract_address: exec.contract_address,
                         bloom,
@@ -492,12 +496,17 @@ fn seal(header: Header, txs: Vec<Arc<IncludedTx>>, mini_block_count: u32) -> Sea
 fn open_after(parent: &SealedBlock, config: &ChainConfig, now_s: u64) -> OpenBlock {
     let h = &parent.header;
     // Timestamps strictly increase with blocks of a second or more; faster blocks may share one.
-    let min_ts = if config.block_time >= Duration::from_secs(1) { h.timestamp + 1 } else { h.timestamp };
+    let min_ts =
+        if config.block_time >= Duration::from_secs(1) { h.timestamp + 1 } else { h.timestamp };
     OpenBlock {
         number: h.number + 1,
         parent_hash: parent.hash,
         timestamp: now_s.max(min_ts),
-        base_fee: next_base_fee(h.base_fee_per_gas.unwrap_or(INITIAL_BASE_FEE_WEI), h.gas_used, h.gas_limit),
+        base_fee: next_base_fee(
+            h.base_fee_per_gas.unwrap_or(INITIAL_BASE_FEE_WEI),
+            h.gas_used,
+            h.gas_limit,
+        ),
         gas_limit: config.block_gas_limit,
         gas_used: 0,
         prevrandao: keccak256(parent.hash),

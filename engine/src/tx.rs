@@ -332,20 +332,40 @@ mod tests {
         }
     }
 
-    // A mainnet EIP-1559 transaction (block 19426586 era) and its known sender, from the fixtures.
+    /// An EIP-1559 transaction signed with libsecp256k1 by the first anvil/hardhat dev key,
+    /// whose address is well known.
     fn sample() -> (Vec<u8>, Address) {
-        let raw = alloy_primitives::hex::decode(concat!(
-            "02f8730180843b9aca00850c92a69c0082520894",
-            "d8da6bf26964af9d7eed9e03e53415d37aa96045",
-            "880de0b6b3a764000080c001a0",
-            "5b2ffd4a1a4b2b8e12d12a2e4f4d5b0b3f0c8c4f5e9b8e1d6d1c3b2a1f0e9d8c",
-            "a0",
-            "1b2ffd4a1a4b2b8e12d12a2e4f4d5b0b3f0c8c4f5e9b8e1d6d1c3b2a1f0e9d8c"
-        ))
+        use alloy_consensus::{SignableTransaction, TxEip1559};
+        use alloy_eips::eip2718::Encodable2718;
+        let key = secp256k1::SecretKey::from_secret_bytes(
+            alloy_primitives::hex::decode_to_array::<_, 32>(
+                "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+            )
+            .unwrap(),
+        )
         .unwrap();
-        let tx = TxEnvelope::decode_2718(&mut raw.as_slice()).unwrap();
-        let sender = recover_with_alloy(&tx).unwrap();
-        (raw, sender)
+        let tx = TxEip1559 {
+            chain_id: 1,
+            nonce: 3,
+            gas_limit: 21_000,
+            max_fee_per_gas: 2_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: alloy_primitives::TxKind::Call(Address::repeat_byte(0xaa)),
+            value: U256::from(5),
+            access_list: Default::default(),
+            input: Default::default(),
+        };
+        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+        let (recid, bytes) =
+            secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(msg, &key)
+                .serialize_compact();
+        let sig = Signature::new(
+            U256::from_be_slice(&bytes[..32]),
+            U256::from_be_slice(&bytes[32..]),
+            recid == secp256k1::ecdsa::RecoveryId::One,
+        );
+        let raw = TxEnvelope::from(tx.into_signed(sig)).encoded_2718();
+        (raw, alloy_primitives::address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"))
     }
 
     #[test]
@@ -353,6 +373,7 @@ mod tests {
         let (raw, sender) = sample();
         let tx = decode_and_recover(&raw, &rules()).unwrap();
         assert_eq!(tx.sender, sender);
+        assert_eq!(recover_with_alloy(&tx.envelope), Some(sender));
         assert_eq!(tx.hash, keccak256(&raw));
     }
 

@@ -3,7 +3,9 @@
 //! Serialization goes through alloy's RPC types, so field names and encodings match what alloy,
 //! viem, ethers and web3.py expect.
 
-use alloy_consensus::{Receipt, ReceiptEnvelope, ReceiptWithBloom, Transaction as _, TxType, Typed2718};
+use alloy_consensus::{
+    Receipt, ReceiptEnvelope, ReceiptWithBloom, Transaction as _, TxType, Typed2718,
+};
 use alloy_primitives::{B256, U256};
 use alloy_rpc_types_eth::{Block, BlockTransactions, Header, Log, Transaction, TransactionReceipt};
 use serde_json::{json, Value};
@@ -28,7 +30,10 @@ pub(crate) fn transaction(view: &ChainView, inc: &IncludedTx) -> Value {
 /// A pooled transaction: no block fields yet.
 pub(crate) fn pooled_transaction(tx: &strobe_engine::tx::RecoveredTx) -> Value {
     let t = Transaction {
-        inner: alloy_consensus::transaction::Recovered::new_unchecked(tx.envelope.clone(), tx.sender),
+        inner: alloy_consensus::transaction::Recovered::new_unchecked(
+            tx.envelope.clone(),
+            tx.sender,
+        ),
         block_hash: None,
         block_number: None,
         transaction_index: None,

@@ -148,7 +148,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
 }
 
 /// Appends a complete response with CORS headers to `out`.
-pub fn write_response(out: &mut Vec<u8>, status: &str, content_type: &str, body: &[u8], keep_alive: bool) {
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) {
     use std::io::Write;
     let _ = write!(
         out,

@@ -215,7 +215,8 @@ pub struct Rpc {
 
 fn param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<T, RpcError> {
     let v = params.get(i).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("invalid argument {i}: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| RpcError::invalid_params(format!("invalid argument {i}: {e}")))
 }
 
 fn opt_param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<Option<T>, RpcError> {
@@ -267,7 +268,10 @@ impl Rpc {
                             &Value::Null,
                             Err(RpcError::new(
                                 -32600,
-                                format!("batch too large: {} calls, limit {MAX_BATCH_LEN}", calls.len()),
+                                format!(
+                                    "batch too large: {} calls, limit {MAX_BATCH_LEN}",
+                                    calls.len()
+                                ),
                             )),
                         ))],
                     };
@@ -300,12 +304,18 @@ impl Rpc {
         let is_notification = id.is_none();
         let id = id.unwrap_or(Value::Null);
         if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
-            return Some(Part::Ready(response(&Value::Null, Err(RpcError::new(-32600, "invalid request id")))));
+            return Some(Part::Ready(response(
+                &Value::Null,
+                Err(RpcError::new(-32600, "invalid request id")),
+            )));
         }
         let method = match obj.remove("method") {
             Some(Value::String(m)) => m,
             _ => {
-                return Some(Part::Ready(response(&id, Err(RpcError::new(-32600, "invalid request: missing method")))))
+                return Some(Part::Ready(response(
+                    &id,
+                    Err(RpcError::new(-32600, "invalid request: missing method")),
+                )))
             }
         };
         let params = match obj.remove("params") {
@@ -317,7 +327,12 @@ impl Rpc {
                     Err(RpcError::invalid_params("named parameters are not supported")),
                 )))
             }
-            Some(_) => return Some(Part::Ready(response(&id, Err(RpcError::new(-32600, "invalid request: params"))))),
+            Some(_) => {
+                return Some(Part::Ready(response(
+                    &id,
+                    Err(RpcError::new(-32600, "invalid request: params")),
+                )))
+            }
         };
         let outcome = self.method(&method, &params, callbacks);
         if is_notification {
@@ -333,15 +348,21 @@ impl Rpc {
     pub fn complete(&self, part: &mut Part, event: Event) -> bool {
         let Part::Waiting { id, kind, .. } = part else { return false };
         let result = match (kind, event) {
-            (WaitKind::Accept, Event::Accepted(r)) => Some(r.map(|h| json!(h)).map_err(|e| tx_error(&e))),
+            (WaitKind::Accept, Event::Accepted(r)) => {
+                Some(r.map(|h| json!(h)).map_err(|e| tx_error(&e)))
+            }
             (WaitKind::Accept, Event::Included(_)) => None,
-            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Accepted(Err(e))) => Some(Err(tx_error(&e))),
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Accepted(Err(e))) => {
+                Some(Err(tx_error(&e)))
+            }
             (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Accepted(Ok(_))) => None,
             (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Included(Ok(inc))) => {
                 let view = self.engine.view();
                 Some(Ok(format::receipt(&view, &inc)))
             }
-            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Included(Err(e))) => Some(Err(tx_error(&e))),
+            (WaitKind::Sync(_) | WaitKind::Realtime(_), Event::Included(Err(e))) => {
+                Some(Err(tx_error(&e)))
+            }
         };
         match result {
             Some(r) => {
@@ -382,17 +403,27 @@ impl Rpc {
             "eth_sendRawTransaction" => self.send(p, None, callbacks),
             "eth_sendRawTransactionSync" => {
                 let timeout = match opt_param::<u64>(p, 1) {
-                    Ok(t) => t.map(Duration::from_millis).unwrap_or(SYNC_TIMEOUT_DEFAULT).min(SYNC_TIMEOUT_MAX),
+                    Ok(t) => t
+                        .map(Duration::from_millis)
+                        .unwrap_or(SYNC_TIMEOUT_DEFAULT)
+                        .min(SYNC_TIMEOUT_MAX),
                     Err(e) => return done(Err(e)),
                 };
                 self.send(p, Some((false, timeout)), callbacks)
             }
-            "realtime_sendRawTransaction" => self.send(p, Some((true, REALTIME_TIMEOUT)), callbacks),
+            "realtime_sendRawTransaction" => {
+                self.send(p, Some((true, REALTIME_TIMEOUT)), callbacks)
+            }
             _ => done(self.read_method(method, p, &view)),
         }
     }
 
-    fn send(&mut self, p: &[Value], sync: Option<(bool, Duration)>, callbacks: &dyn Fn() -> Callbacks) -> Outcome {
+    fn send(
+        &mut self,
+        p: &[Value],
+        sync: Option<(bool, Duration)>,
+        callbacks: &dyn Fn() -> Callbacks,
+    ) -> Outcome {
         let raw: Bytes = match param(p, 0) {
             Ok(r) => r,
             Err(e) => return Outcome::Done(Err(e)),
@@ -416,7 +447,12 @@ impl Rpc {
         }
     }
 
-    fn read_method(&mut self, method: &str, p: &[Value], view: &ChainView) -> Result<Value, RpcError> {
+    fn read_method(
+        &mut self,
+        method: &str,
+        p: &[Value],
+        view: &ChainView,
+    ) -> Result<Value, RpcError> {
         let cfg = self.engine.config();
         match method {
             "eth_chainId" => Ok(qty(cfg.chain_id)),
@@ -490,7 +526,11 @@ impl Rpc {
                 if let Some(t) = view.txs.get(&hash) {
                     return Ok(format::transaction(view, t));
                 }
-                Ok(self.engine.pooled_transaction(&hash).map(|t| format::pooled_transaction(&t)).unwrap_or(Value::Null))
+                Ok(self
+                    .engine
+                    .pooled_transaction(&hash)
+                    .map(|t| format::pooled_transaction(&t))
+                    .unwrap_or(Value::Null))
             }
             "eth_getTransactionReceipt" => {
                 let hash: B256 = param(p, 0)?;
@@ -546,13 +586,20 @@ impl Rpc {
                 };
                 self.install(FilterKind::Logs { filter: Box::new(filter), next })
             }
-            "eth_newBlockFilter" => self.install(FilterKind::Blocks { next: view.head().header.number + 1 }),
+            "eth_newBlockFilter" => {
+                self.install(FilterKind::Blocks { next: view.head().header.number + 1 })
+            }
             "eth_getFilterChanges" => self.filter_changes(param(p, 0)?, view),
             "eth_getFilterLogs" => {
                 let id: U256 = param(p, 0)?;
-                let f = self.filters.get(&id.saturating_to::<u64>()).ok_or_else(|| RpcError::server("filter not found"))?;
+                let f = self
+                    .filters
+                    .get(&id.saturating_to::<u64>())
+                    .ok_or_else(|| RpcError::server("filter not found"))?;
                 match &f.kind {
-                    FilterKind::Logs { filter, .. } => Ok(json!(logs_matching(view, filter, None)?)),
+                    FilterKind::Logs { filter, .. } => {
+                        Ok(json!(logs_matching(view, filter, None)?))
+                    }
                     FilterKind::Blocks { .. } => Err(RpcError::server("filter not found")),
                 }
             }
@@ -560,7 +607,10 @@ impl Rpc {
                 let id: U256 = param(p, 0)?;
                 Ok(json!(self.filters.remove(&id.saturating_to::<u64>()).is_some()))
             }
-            _ => Err(RpcError::new(-32601, format!("the method {method} does not exist/is not available"))),
+            _ => Err(RpcError::new(
+                -32601,
+                format!("the method {method} does not exist/is not available"),
+            )),
         }
     }
 
@@ -568,7 +618,9 @@ impl Rpc {
         let now = Instant::now();
         self.filters.retain(|_, f| now.duration_since(f.last_poll) < FILTER_TIMEOUT);
         if self.filters.len() >= MAX_FILTERS {
-            return Err(RpcError::server(format!("too many filters installed (limit {MAX_FILTERS})")));
+            return Err(RpcError::server(format!(
+                "too many filters installed (limit {MAX_FILTERS})"
+            )));
         }
         let id = self.next_filter_id;
         self.next_filter_id += 1;
@@ -605,7 +657,12 @@ impl Rpc {
     fn find_block(&self, view: &ChainView, method: &str, p: &[Value]) -> Result<Found, RpcError> {
         if method.contains("ByHash") || method.contains("BlockHash") {
             let hash: B256 = param(p, 0)?;
-            Ok(view.by_hash.get(&hash).and_then(|n| view.sealed.get(*n as usize)).cloned().map_or(Found::None, Found::Sealed))
+            Ok(view
+                .by_hash
+                .get(&hash)
+                .and_then(|n| view.sealed.get(*n as usize))
+                .cloned()
+                .map_or(Found::None, Found::Sealed))
         } else {
             let tag: BlockNumberOrTag = param(p, 0)?;
             Ok(resolve_block(view, BlockId::Number(tag)))
@@ -625,22 +682,36 @@ impl Rpc {
         }
     }
 
-    fn run_call(&self, view: &ChainView, req: &TransactionRequest, tag: Option<&Value>) -> Result<TxExecution, RpcError> {
+    fn run_call(
+        &self,
+        view: &ChainView,
+        req: &TransactionRequest,
+        tag: Option<&Value>,
+    ) -> Result<TxExecution, RpcError> {
         let state = state_at(view, tag)?;
         let call = call_request(req);
         let sealed = view.sealed.clone();
         let block_hash = move |n: u64| sealed.get(n as usize).map(|b| b.hash).unwrap_or_default();
         let base = ViewDb { view: &*state, block_hash: &block_hash };
-        exec::call(base, &self.block_context(view), &call, RPC_GAS_CAP).map_err(|e| call_error(&e.to_string()))
+        exec::call(base, &self.block_context(view), &call, RPC_GAS_CAP)
+            .map_err(|e| call_error(&e.to_string()))
     }
 
-    fn estimate_gas(&self, view: &ChainView, req: &TransactionRequest, tag: Option<&Value>) -> Result<u64, RpcError> {
+    fn estimate_gas(
+        &self,
+        view: &ChainView,
+        req: &TransactionRequest,
+        tag: Option<&Value>,
+    ) -> Result<u64, RpcError> {
         let cap = req.gas.unwrap_or(RPC_GAS_CAP).min(RPC_GAS_CAP);
         // A plain transfer to an account without code costs exactly 21000 (geth skips the search).
         let input_empty = req.input.input().is_none_or(|i| i.is_empty());
-        if let (Some(alloy_primitives::TxKind::Call(to)), true, None) = (req.to, input_empty, &req.authorization_list) {
+        if let (Some(alloy_primitives::TxKind::Call(to)), true, None) =
+            (req.to, input_empty, &req.authorization_list)
+        {
             let state = state_at(view, tag)?;
-            let has_code = state.account(&to).is_some_and(|a| a.code_hash != revm_empty_code_hash());
+            let has_code =
+                state.account(&to).is_some_and(|a| a.code_hash != revm_empty_code_hash());
             if !has_code && req.access_list.as_ref().is_none_or(|l| l.is_empty()) {
                 let mut probe = req.clone();
                 probe.gas = Some(21_000.min(cap));
@@ -705,7 +776,11 @@ impl Rpc {
             let b = &view.sealed[n as usize];
             let h = &b.header;
             base.push(qty(h.base_fee_per_gas.unwrap_or_default()));
-            ratio.push(json!(if h.gas_limit == 0 { 0.0 } else { h.gas_used as f64 / h.gas_limit as f64 }));
+            ratio.push(json!(if h.gas_limit == 0 {
+                0.0
+            } else {
+                h.gas_used as f64 / h.gas_limit as f64
+            }));
             if let Some(ps) = &percentiles {
                 rewards.push(json!(block_rewards(b, ps).into_iter().map(qty).collect::<Vec<_>>()));
             }
@@ -797,10 +872,9 @@ fn state_at(view: &ChainView, tag: Option<&Value>) -> Result<Arc<dyn StateView>,
             .map_err(|e| RpcError::invalid_params(format!("invalid block parameter: {e}")))?,
     };
     let number = match id {
-        BlockId::Hash(h) => *view
-            .by_hash
-            .get(&h.block_hash)
-            .ok_or_else(|| RpcError::server(format!("header for hash {} not found", h.block_hash)))?,
+        BlockId::Hash(h) => *view.by_hash.get(&h.block_hash).ok_or_else(|| {
+            RpcError::server(format!("header for hash {} not found", h.block_hash))
+        })?,
         BlockId::Number(BlockNumberOrTag::Number(n)) => {
             if n > view.open.number {
                 return Err(RpcError::server("header not found"));
@@ -878,7 +952,11 @@ pub fn decode_revert_reason(data: &[u8]) -> Option<String> {
 }
 
 /// Logs matching `filter`; `range` overrides the filter's own block range.
-fn logs_matching(view: &ChainView, filter: &Filter, range: Option<(u64, u64)>) -> Result<Vec<alloy_rpc_types_eth::Log>, RpcError> {
+fn logs_matching(
+    view: &ChainView,
+    filter: &Filter,
+    range: Option<(u64, u64)>,
+) -> Result<Vec<alloy_rpc_types_eth::Log>, RpcError> {
     let open = view.open.number;
     let resolve = |tag: Option<&BlockNumberOrTag>, default: u64| -> u64 {
         match tag {
@@ -903,7 +981,10 @@ fn logs_matching(view: &ChainView, filter: &Filter, range: Option<(u64, u64)>) -
     }
     let to = to.min(open);
     if to.saturating_sub(from) >= MAX_LOG_RANGE_BLOCKS {
-        return Err(RpcError::new(-32005, format!("query exceeds max block range {MAX_LOG_RANGE_BLOCKS}")));
+        return Err(RpcError::new(
+            -32005,
+            format!("query exceeds max block range {MAX_LOG_RANGE_BLOCKS}"),
+        ));
     }
     let mut out = Vec::new();
     for n in from..=to {
@@ -924,7 +1005,10 @@ fn logs_matching(view: &ChainView, filter: &Filter, range: Option<(u64, u64)>) -
                 if filter.matches_address(log.address()) && filter.matches_topics(log.topics()) {
                     out.push(log);
                     if out.len() > MAX_LOG_RESULTS {
-                        return Err(RpcError::new(-32005, format!("query returned more than {MAX_LOG_RESULTS} results")));
+                        return Err(RpcError::new(
+                            -32005,
+                            format!("query returned more than {MAX_LOG_RESULTS} results"),
+                        ));
                     }
                 }
             }

@@ -159,7 +159,9 @@ impl Server {
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ETIME)
+                        || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
@@ -242,7 +244,13 @@ impl Server {
     fn on_accept(&mut self, fd: RawFd) {
         if self.open >= MAX_CONNECTIONS {
             let mut msg = Vec::new();
-            http::write_response(&mut msg, "503 Service Unavailable", "text/plain", b"too many connections\n", false);
+            http::write_response(
+                &mut msg,
+                "503 Service Unavailable",
+                "text/plain",
+                b"too many connections\n",
+                false,
+            );
             // SAFETY: `fd` was just returned by accept and is owned here; the buffer is live.
             unsafe {
                 libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_DONTWAIT);
@@ -254,7 +262,13 @@ impl Server {
         let one: libc::c_int = 1;
         // SAFETY: sets an option on a socket we own, from a live c_int.
         unsafe {
-            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
         }
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -297,9 +311,10 @@ impl Server {
             return Ok(());
         }
         c.recv_armed = true;
-        let e = opcode::Recv::new(types::Fd(c.fd), c.recv_buf.as_mut_ptr(), c.recv_buf.len() as u32)
-            .build()
-            .user_data(user_data(OP_RECV, slot, c.gen));
+        let e =
+            opcode::Recv::new(types::Fd(c.fd), c.recv_buf.as_mut_ptr(), c.recv_buf.len() as u32)
+                .build()
+                .user_data(user_data(OP_RECV, slot, c.gen));
         self.push(e)
     }
 
@@ -342,8 +357,14 @@ impl Server {
                     let body = match req.method {
                         Method::Post => Pending::Rpc(self.dispatch(slot, gen, seq, &req.body)),
                         Method::Options => Pending::Bytes(plain("204 No Content", b"", keep_alive)),
-                        Method::Get | Method::Head => Pending::Bytes(plain("200 OK", b"strobe ok\n", keep_alive)),
-                        Method::Other => Pending::Bytes(plain("405 Method Not Allowed", b"use POST\n", keep_alive)),
+                        Method::Get | Method::Head => {
+                            Pending::Bytes(plain("200 OK", b"strobe ok\n", keep_alive))
+                        }
+                        Method::Other => Pending::Bytes(plain(
+                            "405 Method Not Allowed",
+                            b"use POST\n",
+                            keep_alive,
+                        )),
                     };
                     if let Pending::Rpc(d) = &body {
                         if let Some(deadline) = d.next_deadline() {
@@ -378,11 +399,13 @@ impl Server {
             let (tx3, wake3) = (tx.clone(), wake.clone());
             Callbacks {
                 on_accept: Box::new(move |r| {
-                    let _ = tx2.send(Completion { slot, gen, seq, part, event: Event::Accepted(r) });
+                    let _ =
+                        tx2.send(Completion { slot, gen, seq, part, event: Event::Accepted(r) });
                     wake2.wake();
                 }),
                 on_receipt: Box::new(move |r| {
-                    let _ = tx3.send(Completion { slot, gen, seq, part, event: Event::Included(r) });
+                    let _ =
+                        tx3.send(Completion { slot, gen, seq, part, event: Event::Included(r) });
                     wake3.wake();
                 }),
             }
@@ -394,7 +417,9 @@ impl Server {
         let done: Vec<Completion> = self.done_rx.try_iter().collect();
         let mut touched = Vec::new();
         for d in done {
-            let Some(c) = self.conns.get_mut(d.slot as usize).and_then(|c| c.as_deref_mut()) else { continue };
+            let Some(c) = self.conns.get_mut(d.slot as usize).and_then(|c| c.as_deref_mut()) else {
+                continue;
+            };
             if c.gen != d.gen {
                 continue;
             }
@@ -421,7 +446,9 @@ impl Server {
             }
             self.deadlines.pop();
             let rpc = &self.rpc;
-            let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_deref_mut()) else { continue };
+            let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_deref_mut()) else {
+                continue;
+            };
             if c.gen != gen {
                 continue;
             }
@@ -446,7 +473,13 @@ impl Server {
                 Pending::Rpc(d) if d.is_ready() => {
                     let body = d.body();
                     let mut out = Vec::with_capacity(body.len() + 256);
-                    http::write_response(&mut out, "200 OK", "application/json", &body, front.keep_alive);
+                    http::write_response(
+                        &mut out,
+                        "200 OK",
+                        "application/json",
+                        &body,
+                        front.keep_alive,
+                    );
                     out
                 }
                 Pending::Rpc(_) => break,
@@ -526,7 +559,12 @@ fn plain(status: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
 }
 
 /// Binds `addr` and serves JSON-RPC for `engine` on the calling thread until `stop` is set.
-pub fn serve(listener: TcpListener, engine: Arc<Engine>, accounts: Vec<alloy_primitives::Address>, stop: &AtomicBool) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    accounts: Vec<alloy_primitives::Address>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let server = Server::new(listener, Rpc::new(engine, accounts))?;
     server.run(stop)
 }

@@ -17,7 +17,9 @@ pub struct AccountState {
 impl AccountState {
     /// Whether the account is "empty" in the sense of EIP-161.
     pub fn is_empty(&self) -> bool {
-        self.nonce == 0 && self.balance.is_zero() && self.code_hash == revm::primitives::KECCAK_EMPTY
+        self.nonce == 0
+            && self.balance.is_zero()
+            && self.code_hash == revm::primitives::KECCAK_EMPTY
     }
 }
 

@@ -76,10 +76,7 @@ impl StateView for MemoryView {
     }
 
     fn storage(&self, address: &Address, slot: &U256) -> U256 {
-        self.accounts
-            .get(address)
-            .and_then(|e| e.storage.get(slot).copied())
-            .unwrap_or_default()
+        self.accounts.get(address).and_then(|e| e.storage.get(slot).copied()).unwrap_or_default()
     }
 
     fn code(&self, code_hash: &B256) -> Option<Bytecode> {

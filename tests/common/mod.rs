@@ -100,7 +100,11 @@ pub fn compile_solidity(path: &Path) -> serde_json::Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let js = root.join("tests/js");
     if !js.join("node_modules/solc").exists() {
-        let ok = Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&js).status().expect("npm");
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(&js)
+            .status()
+            .expect("npm");
         assert!(ok.success(), "npm install failed in tests/js");
     }
     let out = Command::new("node").arg(js.join("compile.js")).arg(path).output().expect("node");
