@@ -29,6 +29,9 @@ use strobe_storage::{AccountChange, AccountState, StateDiff, StateStore, ViewDb}
 /// A one-shot callback run on the sequencer thread; it must not block.
 pub type Notify<T> = Box<dyn FnOnce(T) + Send>;
 
+/// Callback told when a transaction is included, or why it never will be.
+pub type ReceiptNotify = Notify<Result<Arc<IncludedTx>, TxError>>;
+
 /// How a submission wants to be answered.
 pub struct Submission {
     /// The transaction.
@@ -81,7 +84,7 @@ pub(crate) struct Sequencer {
     pool: Mempool,
     shared: Arc<Shared>,
     view: ChainView,
-    waiters: HashMap<B256, Vec<Notify<Result<Arc<IncludedTx>, TxError>>>>,
+    waiters: HashMap<B256, Vec<ReceiptNotify>>,
     pool_view: PoolView,
     next_mini_block: u64,
 }

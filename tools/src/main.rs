@@ -1,1 +1,270 @@
-fn main() {}
+//! `strobe-tools`: measurement tools for strobe.
+//!
+//! - `sync-latency`: sequential `eth_sendRawTransactionSync` round trips, latency percentiles.
+//! - `transfer-tps`: pre-signed ETH transfers pushed in JSON-RPC batches over several connections,
+//!   the rate at which they are included.
+//!
+//! Transactions are signed before the clock starts, so signing never limits a run. Everything
+//! runs on plain threads with blocking sockets against loopback.
+
+use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy_eips::eip2718::Encodable2718;
+use alloy_primitives::{hex, Address, TxKind, U256};
+use alloy_signer_local::{coins_bip39::English, MnemonicBuilder, PrivateKeySigner};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+#[derive(Parser)]
+#[command(name = "strobe-tools", about = "Measurement tools for strobe")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sequential sync sends: round-trip latency percentiles (JSON line).
+    SyncLatency {
+        /// JSON-RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:8545")]
+        rpc: String,
+        /// Number of transactions.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Index of the dev account that sends.
+        #[arg(long, default_value_t = 0)]
+        account: u32,
+        /// Pause a pseudo-random 0..N ms between sends, so arrivals are not phase-locked to the
+        /// mini-block tick (a client that sends right after its last receipt always waits a full
+        /// tick).
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
+    },
+    /// Pre-signed transfers from many senders: sustained inclusion rate (JSON line).
+    TransferTps {
+        /// JSON-RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:8545")]
+        rpc: String,
+        /// Total transactions.
+        #[arg(long, default_value_t = 50_000)]
+        txs: usize,
+        /// Dev accounts used as senders (from the standard mnemonic).
+        #[arg(long, default_value_t = 10)]
+        senders: u32,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Transactions per JSON-RPC batch.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+    },
+}
+
+const MNEMONIC: &str = "test test test test test test test test test test test junk";
+const CHAIN_ID: u64 = 31337;
+
+/// A keep-alive HTTP/1.1 JSON-RPC client over one TCP connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    host: String,
+}
+
+impl Client {
+    fn connect(url: &str) -> std::io::Result<Self> {
+        let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let stream = TcpStream::connect(&host)?;
+        stream.set_nodelay(true)?;
+        Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream, host })
+    }
+
+    fn call(&mut self, body: &Value) -> std::io::Result<Value> {
+        let body = serde_json::to_vec(body)?;
+        write!(
+            self.writer,
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
+        self.writer.write_all(&body)?;
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.reader.read_exact(&mut buf)?;
+        Ok(serde_json::from_slice(&buf)?)
+    }
+
+    fn rpc(&mut self, method: &str, params: Value) -> std::io::Result<Value> {
+        self.call(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+    }
+}
+
+fn signer(index: u32) -> PrivateKeySigner {
+    MnemonicBuilder::<English>::default()
+        .phrase(MNEMONIC)
+        .index(index)
+        .and_then(|b| b.build())
+        .expect("dev key")
+}
+
+fn nonce_of(c: &mut Client, a: Address, tag: &str) -> u64 {
+    let v = c.rpc("eth_getTransactionCount", json!([a, tag])).expect("nonce");
+    u64::from_str_radix(v["result"].as_str().unwrap_or("0x0").trim_start_matches("0x"), 16)
+        .unwrap_or(0)
+}
+
+fn transfer(s: &PrivateKeySigner, nonce: u64, to: Address) -> String {
+    let mut tx = TxEip1559 {
+        chain_id: CHAIN_ID,
+        nonce,
+        gas_limit: 21_000,
+        max_fee_per_gas: 20_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+        to: TxKind::Call(to),
+        value: U256::from(1),
+        access_list: Default::default(),
+        input: Default::default(),
+    };
+    let sig = alloy_network_sign(s, &mut tx);
+    format!("0x{}", hex::encode(TxEnvelope::from(tx.into_signed(sig)).encoded_2718()))
+}
+
+fn alloy_network_sign(s: &PrivateKeySigner, tx: &mut TxEip1559) -> alloy_primitives::Signature {
+    use alloy_signer::SignerSync;
+    s.sign_hash_sync(&tx.signature_hash()).expect("sign")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn sync_latency(rpc: &str, count: usize, account: u32, think_ms: u64) -> Value {
+    let s = signer(account);
+    let mut c = Client::connect(rpc).expect("connect");
+    let start = nonce_of(&mut c, s.address(), "pending");
+    let to = Address::repeat_byte(0x42);
+    let raws: Vec<String> = (0..count as u64).map(|i| transfer(&s, start + i, to)).collect();
+    let mut lat = Vec::with_capacity(count);
+    let mut errors = 0;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for raw in &raws {
+        if think_ms > 0 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let pause_us = (seed >> 33) % (think_ms * 1000);
+            std::thread::sleep(Duration::from_micros(pause_us));
+        }
+        let t = Instant::now();
+        let v = c.rpc("eth_sendRawTransactionSync", json!([raw])).expect("call");
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        if v.get("result").is_none() {
+            errors += 1;
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "count": count, "errors": errors, "think_ms": think_ms,
+        "p50_ms": percentile(&lat, 0.5), "p90_ms": percentile(&lat, 0.9),
+        "p99_ms": percentile(&lat, 0.99), "max_ms": lat.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn transfer_tps(rpc: &str, txs: usize, senders: u32, connections: usize, batch: usize) -> Value {
+    let signers: Vec<PrivateKeySigner> = (0..senders).map(signer).collect();
+    let mut c = Client::connect(rpc).expect("connect");
+    let per = txs / senders as usize;
+    let mut all: Vec<Vec<String>> = Vec::new();
+    let mut finals = Vec::new();
+    eprintln!("signing {} transfers...", per * senders as usize);
+    for s in &signers {
+        let n0 = nonce_of(&mut c, s.address(), "pending");
+        let to = Address::repeat_byte(0x77);
+        all.push((0..per as u64).map(|i| transfer(s, n0 + i, to)).collect());
+        finals.push((s.address(), n0 + per as u64));
+    }
+    // Each connection owns a disjoint set of senders and sends their transactions interleaved,
+    // in nonce order, so no connection can create a nonce gap for another.
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for conn in 0..connections.max(1) {
+        let mine: Vec<&Vec<String>> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % connections.max(1) == conn)
+            .map(|(_, l)| l)
+            .collect();
+        let mut order = Vec::with_capacity(per * mine.len());
+        for i in 0..per {
+            for list in &mine {
+                order.push(list[i].clone());
+            }
+        }
+        let url = rpc.to_string();
+        handles.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&url).expect("connect");
+            let mut errors = 0usize;
+            for chunk in order.chunks(batch.max(1)) {
+                let body: Vec<Value> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| json!({"jsonrpc": "2.0", "id": i, "method": "eth_sendRawTransaction", "params": [r]}))
+                    .collect();
+                let v = c.call(&json!(body)).expect("batch");
+                errors += v.as_array().map_or(1, |a| a.iter().filter(|r| r.get("error").is_some()).count());
+            }
+            errors
+        }));
+    }
+    let errors: usize = handles.into_iter().map(|h| h.join().unwrap_or(usize::MAX)).sum();
+    let submitted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (a, want) in &finals {
+        while nonce_of(&mut c, *a, "latest") < *want {
+            if Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let included = started.elapsed();
+    let total = per * signers.len();
+    json!({
+        "txs": total, "errors": errors, "connections": connections, "batch": batch,
+        "submit_s": submitted.as_secs_f64(), "included_s": included.as_secs_f64(),
+        "submit_tps": total as f64 / submitted.as_secs_f64(),
+        "included_tps": total as f64 / included.as_secs_f64(),
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let out = match cli.command {
+        Cmd::SyncLatency { rpc, count, account, think_ms } => {
+            sync_latency(&rpc, count, account, think_ms)
+        }
+        Cmd::TransferTps { rpc, txs, senders, connections, batch } => {
+            transfer_tps(&rpc, txs, senders, connections, batch)
+        }
+    };
+    println!("{out}");
+}
