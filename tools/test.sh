@@ -23,4 +23,4 @@ cargo build --workspace
 cargo test --workspace
 
 echo "== web3.py client suite"
-STROBE_BIN="$PWD/target/debug/strobe" .venv/bin/python -m pytest tests/python -q
+STROBE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/strobe" .venv/bin/python -m pytest tests/python -q
