@@ -2,6 +2,7 @@
 //!
 //! Threads: the main thread runs the network ring; the engine runs its sequencer thread; signal
 //! handling only flips an atomic flag that both loops watch.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 use alloy_primitives::{Address, U256};
 use clap::{Args, Parser, Subcommand};
@@ -84,7 +85,7 @@ struct DevArgs {
     /// Address that receives priority fees.
     #[arg(long, default_value_t = Address::ZERO)]
     beneficiary: Address,
-    /// CPU to pin the sequencer thread to.
+    /// CPU to pin the sequencer thread to (default: the last CPU on machines with 4 or more).
     #[arg(long)]
     sequencer_core: Option<usize>,
     /// Don't print the account list.
@@ -185,7 +186,7 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         block_gas_limit: args.gas_limit,
         mini_block_gas_limit: (args.gas_limit / 10).max(30_000_000).min(args.gas_limit),
         beneficiary: args.beneficiary,
-        sequencer_core: args.sequencer_core,
+        sequencer_core: args.sequencer_core.or_else(default_sequencer_core),
         ..ChainConfig::default()
     };
     let addr = format!("{}:{}", args.host, args.port);
@@ -219,6 +220,13 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
     served.map_err(CliError::Server)?;
     eprintln!("strobe: stopped");
     Ok(())
+}
+
+/// On machines with four or more cores the sequencer gets the last core to itself by default; on
+/// smaller ones (the 2-core dev machines) pinning would only fight the clients for a core.
+fn default_sequencer_core() -> Option<usize> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores >= 4).then(|| cores - 1)
 }
 
 fn dev_keys(mnemonic: &str, count: u32) -> Result<Vec<(Address, String)>, CliError> {

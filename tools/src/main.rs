@@ -6,6 +6,7 @@
 //!
 //! Transactions are signed before the clock starts, so signing never limits a run. Everything
 //! runs on plain threads with blocking sockets against loopback.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_eips::eip2718::Encodable2718;
