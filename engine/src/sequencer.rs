@@ -127,30 +127,14 @@ impl Sequencer {
         store.apply(&StateDiff { accounts, codes })?;
         let timestamp =
             if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
-        let header = Header {
-            parent_hash: B256::ZERO,
-            ommers_hash: EMPTY_OMMER_ROOT_HASH,
-            beneficiary: Address::ZERO,
+        let header = prague_header(Header {
             state_root: store.state_root(),
-            transactions_root: alloy_trie::EMPTY_ROOT_HASH,
-            receipts_root: alloy_trie::EMPTY_ROOT_HASH,
-            logs_bloom: Bloom::ZERO,
-            difficulty: U256::ZERO,
-            number: 0,
             gas_limit: config.block_gas_limit,
-            gas_used: 0,
             timestamp,
             extra_data: genesis.extra_data.clone(),
-            mix_hash: B256::ZERO,
-            nonce: Default::default(),
             base_fee_per_gas: Some(INITIAL_BASE_FEE_WEI),
-            withdrawals_root: Some(alloy_trie::EMPTY_ROOT_HASH),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
             ..Default::default()
-        };
+        });
         let genesis_block = seal(header, Vec::new(), 0);
         let state = store.view();
         let open = open_after(&genesis_block, &config, timestamp);
@@ -436,30 +420,21 @@ impl Sequencer {
         let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
         let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
         let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
-        let header = Header {
+        let header = prague_header(Header {
             parent_hash: open.parent_hash,
-            ommers_hash: EMPTY_OMMER_ROOT_HASH,
             beneficiary: self.config.beneficiary,
             state_root: self.store.state_root(),
             transactions_root: proofs::calculate_transaction_root(&envelopes),
             receipts_root: proofs::calculate_receipt_root(&receipts),
             logs_bloom: open.bloom,
-            difficulty: U256::ZERO,
             number: open.number,
             gas_limit: open.gas_limit,
             gas_used: open.gas_used,
             timestamp: open.timestamp,
-            extra_data: Default::default(),
             mix_hash: open.prevrandao,
-            nonce: Default::default(),
             base_fee_per_gas: Some(open.base_fee),
-            withdrawals_root: Some(alloy_trie::EMPTY_ROOT_HASH),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
             ..Default::default()
-        };
+        });
         let block = Arc::new(seal(header, txs, open.mini_block_count));
         let now_s = now_us() / 1_000_000;
         let next = open_after(&block, &self.config, now_s);
@@ -486,6 +461,26 @@ fn publish<T>(subscribers: &Mutex<Vec<Sender<Arc<T>>>>, item: &Arc<T>) {
         }
         Err(TrySendError::Disconnected(_)) => false,
     });
+}
+
+/// Fills the fields every strobe header has in common: no ommers, no proof-of-work, no
+/// withdrawals, no blobs, no beacon root and no execution-layer requests (Prague layout), and an
+/// empty transactions/receipts root when the header has none.
+fn prague_header(mut h: Header) -> Header {
+    h.ommers_hash = EMPTY_OMMER_ROOT_HASH;
+    h.difficulty = U256::ZERO;
+    if h.transactions_root == B256::ZERO {
+        h.transactions_root = alloy_trie::EMPTY_ROOT_HASH;
+    }
+    if h.receipts_root == B256::ZERO {
+        h.receipts_root = alloy_trie::EMPTY_ROOT_HASH;
+    }
+    h.withdrawals_root = Some(alloy_trie::EMPTY_ROOT_HASH);
+    h.blob_gas_used = Some(0);
+    h.excess_blob_gas = Some(0);
+    h.parent_beacon_block_root = Some(B256::ZERO);
+    h.requests_hash = Some(EMPTY_REQUESTS_HASH);
+    h
 }
 
 fn seal(header: Header, txs: Vec<Arc<IncludedTx>>, mini_block_count: u32) -> SealedBlock {

@@ -260,27 +260,23 @@ class Chain:
     def send(self, acct: LocalAccount, tx: dict, tx_type: int = 2) -> str:
         return self.send_raw(self.sign(acct, tx, tx_type))
 
-    def wait(self, tx_hash: str, timeout: float = 10) -> dict:
-        """Poll eth_getTransactionReceipt until it appears; returns the raw JSON receipt."""
+    def _poll_receipt(self, tx_hash: str, timeout: float, ready, what: str, pause: float) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             r = self.node.call("eth_getTransactionReceipt", [tx_hash])
-            if r is not None:
+            if r is not None and ready(r):
                 return r
             if time.monotonic() > deadline:
-                raise AssertionError(f"no receipt for {tx_hash} after {timeout}s")
-            time.sleep(0.01)
+                raise AssertionError(f"receipt for {tx_hash} not {what} after {timeout}s: {r}")
+            time.sleep(pause)
+
+    def wait(self, tx_hash: str, timeout: float = 10) -> dict:
+        """Poll eth_getTransactionReceipt until it appears; returns the raw JSON receipt."""
+        return self._poll_receipt(tx_hash, timeout, lambda r: True, "available", 0.01)
 
     def wait_sealed(self, tx_hash: str, timeout: float = 5) -> dict:
         """Poll until the receipt has a non-null blockHash (its EVM block was sealed)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.node.call("eth_getTransactionReceipt", [tx_hash])
-            if r is not None and r.get("blockHash") is not None:
-                return r
-            if time.monotonic() > deadline:
-                raise AssertionError(f"receipt for {tx_hash} not sealed after {timeout}s: {r}")
-            time.sleep(0.05)
+        return self._poll_receipt(tx_hash, timeout, lambda r: r.get("blockHash") is not None, "sealed", 0.05)
 
     def wait_block_sealed(self, number: int, timeout: float = 5) -> dict:
         deadline = time.monotonic() + timeout
