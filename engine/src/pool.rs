@@ -254,3 +254,99 @@ fn bumped_enough(old: &RecoveredTx, new: &RecoveredTx) -> bool {
     let new_tip = new.envelope.max_priority_fee_per_gas().unwrap_or(new_fee);
     new_fee >= bump(old_fee) && new_tip >= bump(old_tip)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy_primitives::{Signature, TxKind};
+
+    fn tx(sender: u8, nonce: u64, fee: u128) -> Arc<RecoveredTx> {
+        let inner = TxEip1559 {
+            chain_id: 1,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: fee,
+            max_priority_fee_per_gas: fee / 2,
+            to: TxKind::Call(Address::ZERO),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: Default::default(),
+        };
+        let envelope = TxEnvelope::from(inner.into_signed(Signature::test_signature()));
+        let hash = alloy_primitives::keccak256([sender, nonce as u8, fee as u8]);
+        Arc::new(RecoveredTx {
+            envelope,
+            sender: Address::repeat_byte(sender),
+            hash,
+            encoded_len: 100,
+            authorities: Vec::new(),
+        })
+    }
+
+    fn rich() -> U256 {
+        U256::from(10u64).pow(U256::from(20))
+    }
+
+    fn limits(total: usize) -> PoolLimits {
+        PoolLimits { max_total: total, ..PoolLimits::default() }
+    }
+
+    #[test]
+    fn ready_queue_keeps_arrival_order_and_nonce_order() {
+        let mut pool = Mempool::new(limits(100));
+        pool.insert(tx(1, 1, 10), 0, rich(), false).unwrap();
+        pool.insert(tx(2, 0, 10), 0, rich(), false).unwrap();
+        pool.insert(tx(1, 0, 10), 0, rich(), false).unwrap();
+        assert_eq!(pool.pending_nonce(&Address::repeat_byte(1)), Some(2));
+        let order: Vec<(u8, u64)> = std::iter::from_fn(|| pool.pop_ready(u64::MAX))
+            .map(|t| (t.sender.0[0], t.envelope.nonce()))
+            .collect();
+        assert_eq!(order, vec![(2, 0), (1, 0), (1, 1)]);
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn full_pool_evicts_the_cheapest_future_transaction() {
+        let mut pool = Mempool::new(limits(2));
+        pool.insert(tx(1, 5, 10), 0, rich(), false).unwrap();
+        pool.insert(tx(2, 5, 30), 0, rich(), false).unwrap();
+        // A richer transaction pushes out the cheapest future one.
+        let inserted = pool.insert(tx(3, 0, 20), 0, rich(), false).unwrap();
+        assert_eq!(inserted.evicted.len(), 1);
+        assert_eq!(inserted.evicted[0].sender, Address::repeat_byte(1));
+        // A poorer one finds nothing cheaper to evict.
+        assert_eq!(pool.insert(tx(4, 0, 5), 0, rich(), false).unwrap_err(), TxError::PoolFull);
+        assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn dropped_transaction_demotes_the_senders_later_nonces() {
+        let mut pool = Mempool::new(limits(100));
+        for n in 0..3 {
+            pool.insert(tx(1, n, 10), 0, rich(), false).unwrap();
+        }
+        let first = pool.pop_ready(u64::MAX).unwrap();
+        assert_eq!(first.envelope.nonce(), 0);
+        pool.on_dropped(&first.sender);
+        // Nonce 0 is gone; 1 and 2 wait for it, and a resent 0 makes them ready again.
+        assert!(pool.pop_ready(u64::MAX).is_none());
+        assert_eq!(pool.pending_nonce(&first.sender), Some(0));
+        pool.insert(tx(1, 0, 11), 0, rich(), false).unwrap();
+        let order: Vec<u64> =
+            std::iter::from_fn(|| pool.pop_ready(u64::MAX)).map(|t| t.envelope.nonce()).collect();
+        assert_eq!(order, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn future_queue_per_sender_is_bounded() {
+        let mut pool = Mempool::new(PoolLimits { max_future_per_sender: 2, ..limits(100) });
+        pool.insert(tx(1, 5, 10), 0, rich(), false).unwrap();
+        pool.insert(tx(1, 6, 10), 0, rich(), false).unwrap();
+        let err = pool.insert(tx(1, 7, 10), 0, rich(), false).unwrap_err();
+        assert_eq!(err, TxError::AccountLimit(Address::repeat_byte(1)));
+        // Sync sends refuse gaps outright, naming the expected nonce.
+        let err = pool.insert(tx(2, 3, 10), 0, rich(), true).unwrap_err();
+        assert_eq!(err, TxError::NonceGap { expected: 0, nonce: 3 });
+    }
+}
