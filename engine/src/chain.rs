@@ -5,7 +5,7 @@
 //! collections inside are persistent maps and vectors, so a new version shares almost everything
 //! with the previous one and readers never take a lock.
 
-use crate::tx::RecoveredTx;
+use crate::{config::ChainConfig, exec::BlockContext, tx::RecoveredTx};
 use alloy_consensus::Typed2718;
 use alloy_consensus::{Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, TxType};
 use alloy_primitives::{Address, Bloom, Log, B256};
@@ -47,10 +47,16 @@ pub struct IncludedTx {
 impl IncludedTx {
     /// The consensus receipt (as hashed into the receipts root).
     pub fn receipt(&self) -> ReceiptEnvelope {
+        self.receipt_with(self.logs.clone())
+    }
+
+    /// The receipt with its logs in another form (RPC logs carry block and index fields), wrapped
+    /// in the envelope of the transaction's type.
+    pub fn receipt_with<T>(&self, logs: Vec<T>) -> ReceiptEnvelope<T> {
         let receipt = Receipt {
             status: Eip658Value::Eip658(self.success),
             cumulative_gas_used: self.cumulative_gas_used,
-            logs: self.logs.clone(),
+            logs,
         };
         let with_bloom = ReceiptWithBloom { receipt, logs_bloom: self.bloom };
         match TxType::try_from(self.tx.envelope.ty()).unwrap_or(TxType::Legacy) {
@@ -126,6 +132,21 @@ pub struct OpenBlock {
     pub bloom: Bloom,
 }
 
+impl OpenBlock {
+    /// The block values every transaction executed in this block sees.
+    pub fn context(&self, config: &ChainConfig) -> BlockContext {
+        BlockContext {
+            number: self.number,
+            timestamp: self.timestamp,
+            beneficiary: config.beneficiary,
+            gas_limit: self.gas_limit,
+            base_fee: self.base_fee,
+            prevrandao: self.prevrandao,
+            chain_id: config.chain_id,
+        }
+    }
+}
+
 /// A consistent picture of the chain as of one mini-block.
 #[derive(Clone)]
 pub struct ChainView {
@@ -149,6 +170,12 @@ impl ChainView {
     /// The newest sealed block.
     pub fn head(&self) -> &Arc<SealedBlock> {
         self.sealed.back().expect("genesis is always sealed")
+    }
+
+    /// A `BLOCKHASH` lookup over the sealed blocks of this view (zero for unknown numbers).
+    pub fn block_hash_lookup(&self) -> impl Fn(u64) -> B256 + Sync + 'static {
+        let sealed = self.sealed.clone();
+        move |n| sealed.get(n as usize).map(|b| b.hash).unwrap_or_default()
     }
 
     /// The hash of `tx`'s block, once sealed.

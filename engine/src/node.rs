@@ -7,7 +7,7 @@ use crate::{
     chain::{ChainView, IncludedTx, MiniBlock, SealedBlock},
     config::{ChainConfig, Genesis},
     sequencer::{try_send, Command, Notify, Sequencer, Shared, Submission, INTAKE_QUEUE_CAPACITY},
-    tx::{decode_and_recover, with_sender, IntakeRules, RecoveredTx, TxError},
+    tx::{decode_and_recover, IntakeRules, RecoveredTx, TxError},
 };
 use alloy_primitives::{Address, B256};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -60,20 +60,7 @@ impl Engine {
 
     /// Decodes, recovers and checks `raw` on the calling thread.
     pub fn decode(&self, raw: &[u8]) -> Result<RecoveredTx, TxError> {
-        decode_and_recover(raw, &self.intake_rules()).map_err(|e| {
-            // Name the sender where geth does, at the cost of a second recovery on this rare path.
-            match &e {
-                TxError::FeeCapBelowBaseFee { .. } => {
-                    let rules =
-                        IntakeRules { base_fee: 0, min_priority_fee_wei: 0, ..self.intake_rules() };
-                    match decode_and_recover(raw, &rules) {
-                        Ok(tx) => with_sender(e, tx.sender),
-                        Err(_) => e,
-                    }
-                }
-                _ => e,
-            }
-        })
+        decode_and_recover(raw, &self.intake_rules())
     }
 
     /// Hands `tx` to the sequencer. `on_accept` learns whether the pool took it; `on_receipt`

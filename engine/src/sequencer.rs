@@ -9,7 +9,7 @@
 use crate::{
     chain::{ChainView, IncludedTx, MiniBlock, OpenBlock, SealedBlock, STATE_HISTORY_BLOCKS},
     config::{next_base_fee, ChainConfig, Genesis, INITIAL_BASE_FEE_WEI},
-    exec::{execute_sequential, BlockContext},
+    exec::execute_sequential,
     pool::Mempool,
     tx::{RecoveredTx, TxError},
 };
@@ -299,19 +299,6 @@ impl Sequencer {
         }
     }
 
-    fn block_context(&self) -> BlockContext {
-        let open = &self.view.open;
-        BlockContext {
-            number: open.number,
-            timestamp: open.timestamp,
-            beneficiary: self.config.beneficiary,
-            gas_limit: open.gas_limit,
-            base_fee: open.base_fee,
-            prevrandao: open.prevrandao,
-            chain_id: self.config.chain_id,
-        }
-    }
-
     fn seal_mini_block(&mut self) {
         let open = self.view.open.clone();
         let block_left = open.gas_limit - open.gas_used;
@@ -323,10 +310,8 @@ impl Sequencer {
             mini_left = mini_left.saturating_sub(tx.envelope.gas_limit());
             picked.push(tx);
         }
-        let ctx = self.block_context();
-        let sealed = self.view.sealed.clone();
-        let block_hash =
-            move |n: u64| -> B256 { sealed.get(n as usize).map(|b| b.hash).unwrap_or_default() };
+        let ctx = open.context(&self.config);
+        let block_hash = self.view.block_hash_lookup();
         let base = self.store.view();
         let refs: Vec<&RecoveredTx> = picked.iter().map(|t| t.as_ref()).collect();
         let (results, diff) = if refs.is_empty() {

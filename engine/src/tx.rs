@@ -198,7 +198,17 @@ pub fn decode_and_recover(raw: &[u8], rules: &IntakeRules) -> Result<RecoveredTx
             "blob transactions (EIP-4844) are not accepted: this chain carries no blobs",
         ));
     }
-    check_stateless(&envelope, rules)?;
+    if let Err(e) = check_stateless(&envelope, rules) {
+        // geth names the sender in this one message; recover it only on this rare path.
+        return Err(match e {
+            TxError::FeeCapBelowBaseFee { max_fee, base_fee, .. } => TxError::FeeCapBelowBaseFee {
+                sender: recover_signer(envelope.signature(), envelope.signature_hash())?,
+                max_fee,
+                base_fee,
+            },
+            other => other,
+        });
+    }
     let sender = recover_signer(envelope.signature(), envelope.signature_hash())?;
     let authorities = match envelope.authorization_list() {
         Some(list) => list
@@ -250,7 +260,7 @@ pub fn check_stateless(tx: &TxEnvelope, rules: &IntakeRules) -> Result<(), TxErr
         }
     }
     if max_fee < rules.base_fee as u128 {
-        // The sender is not known yet; geth names it, so we fill it in after recovery below.
+        // The sender is not known here; `decode_and_recover` fills it in.
         return Err(TxError::FeeCapBelowBaseFee {
             sender: Address::ZERO,
             max_fee,
@@ -300,16 +310,6 @@ pub fn recover_signer(sig: &Signature, hash: B256) -> Result<Address, TxError> {
         .map_err(|_| TxError::InvalidSender)?;
     let uncompressed = key.serialize_uncompressed();
     Ok(Address::from_slice(&keccak256(&uncompressed[1..])[12..]))
-}
-
-/// Fills the sender into errors that name it (decoding errors are raised before recovery).
-pub fn with_sender(err: TxError, sender: Address) -> TxError {
-    match err {
-        TxError::FeeCapBelowBaseFee { max_fee, base_fee, .. } => {
-            TxError::FeeCapBelowBaseFee { sender, max_fee, base_fee }
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 //! Serialization goes through alloy's RPC types, so field names and encodings match what alloy,
 //! viem, ethers and web3.py expect.
 
-use alloy_consensus::{
-    Receipt, ReceiptEnvelope, ReceiptWithBloom, Transaction as _, TxType, Typed2718,
-};
+use alloy_consensus::Transaction as _;
 use alloy_primitives::{B256, U256};
 use alloy_rpc_types_eth::{Block, BlockTransactions, Header, Log, Transaction, TransactionReceipt};
 use serde_json::{json, Value};
@@ -67,21 +65,7 @@ pub(crate) fn logs(view: &ChainView, inc: &IncludedTx) -> Vec<Log> {
 /// `blockHash` is `null` until the EVM block seals; every other field is final when the receipt
 /// first appears.
 pub(crate) fn receipt(view: &ChainView, inc: &IncludedTx) -> Value {
-    let with_bloom = ReceiptWithBloom {
-        receipt: Receipt {
-            status: alloy_consensus::Eip658Value::Eip658(inc.success),
-            cumulative_gas_used: inc.cumulative_gas_used,
-            logs: logs(view, inc),
-        },
-        logs_bloom: inc.bloom,
-    };
-    let inner = match TxType::try_from(inc.tx.envelope.ty()).unwrap_or(TxType::Legacy) {
-        TxType::Legacy => ReceiptEnvelope::Legacy(with_bloom),
-        TxType::Eip2930 => ReceiptEnvelope::Eip2930(with_bloom),
-        TxType::Eip1559 => ReceiptEnvelope::Eip1559(with_bloom),
-        TxType::Eip4844 => ReceiptEnvelope::Eip4844(with_bloom),
-        TxType::Eip7702 => ReceiptEnvelope::Eip7702(with_bloom),
-    };
+    let inner = inc.receipt_with(logs(view, inc));
     let r = TransactionReceipt {
         inner,
         transaction_hash: inc.tx.hash,

@@ -18,7 +18,7 @@ use std::{
 };
 use strobe_engine::{
     chain::{ChainView, IncludedTx, SealedBlock},
-    exec::{self, BlockContext, CallRequest, TxExecution},
+    exec::{self, CallRequest, TxExecution},
     sequencer::Notify,
     storage::{StateView, ViewDb},
     tx::TxError,
@@ -669,19 +669,6 @@ impl Rpc {
         }
     }
 
-    fn block_context(&self, view: &ChainView) -> BlockContext {
-        let open = &view.open;
-        BlockContext {
-            number: open.number,
-            timestamp: open.timestamp,
-            beneficiary: self.engine.config().beneficiary,
-            gas_limit: open.gas_limit,
-            base_fee: open.base_fee,
-            prevrandao: open.prevrandao,
-            chain_id: self.engine.config().chain_id,
-        }
-    }
-
     fn run_call(
         &self,
         view: &ChainView,
@@ -690,10 +677,9 @@ impl Rpc {
     ) -> Result<TxExecution, RpcError> {
         let state = state_at(view, tag)?;
         let call = call_request(req);
-        let sealed = view.sealed.clone();
-        let block_hash = move |n: u64| sealed.get(n as usize).map(|b| b.hash).unwrap_or_default();
+        let block_hash = view.block_hash_lookup();
         let base = ViewDb { view: &*state, block_hash: &block_hash };
-        exec::call(base, &self.block_context(view), &call, RPC_GAS_CAP)
+        exec::call(base, &view.open.context(self.engine.config()), &call, RPC_GAS_CAP)
             .map_err(|e| call_error(&e.to_string()))
     }
 
@@ -710,8 +696,9 @@ impl Rpc {
             (req.to, input_empty, &req.authorization_list)
         {
             let state = state_at(view, tag)?;
-            let has_code =
-                state.account(&to).is_some_and(|a| a.code_hash != revm_empty_code_hash());
+            let has_code = state
+                .account(&to)
+                .is_some_and(|a| a.code_hash != alloy_primitives::KECCAK256_EMPTY);
             if !has_code && req.access_list.as_ref().is_none_or(|l| l.is_empty()) {
                 let mut probe = req.clone();
                 probe.gas = Some(21_000.min(cap));
@@ -803,10 +790,6 @@ impl Rpc {
         }
         Ok(out)
     }
-}
-
-fn revm_empty_code_hash() -> B256 {
-    alloy_primitives::b256!("0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
 }
 
 /// Tips at the given gas-weighted percentiles of a block's transactions (geth's algorithm).

@@ -48,7 +48,7 @@ impl DevNode {
     pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
         let pid = self.child.id() as i32;
-        // SAFETY-free: use the `kill` command to avoid unsafe in tests.
+        // The `kill` command sends the signal, so the tests need no libc call of their own.
         Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -141,11 +141,11 @@ fn transfer(s: &PrivateKeySigner, nonce: u64, to: Address) -> String {
         access_list: Default::default(),
         input: Default::default(),
     };
-    let sig = alloy_network_sign(s, &mut tx);
+    let sig = sign_eip1559(s, &mut tx);
     format!("0x{}", hex::encode(TxEnvelope::from(tx.into_signed(sig)).encoded_2718()))
 }
 
-fn alloy_network_sign(s: &PrivateKeySigner, tx: &mut TxEip1559) -> alloy_primitives::Signature {
+fn sign_eip1559(s: &PrivateKeySigner, tx: &mut TxEip1559) -> alloy_primitives::Signature {
     use alloy_signer::SignerSync;
     s.sign_hash_sync(&tx.signature_hash()).expect("sign")
 }
