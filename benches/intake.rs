@@ -14,7 +14,7 @@ use alloy::{
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use strobe_engine::{
     config::{ChainConfig, Genesis, GenesisAccount},
-    exec::{execute_sequential, BlockContext},
+    exec::{execute_sequential, tx_envs, BlockContext},
     storage::{MemoryStore, StateStore, ViewDb},
     tx::{decode_and_recover, IntakeRules, RecoveredTx},
 };
@@ -92,7 +92,13 @@ fn execution(c: &mut Criterion) {
     g.bench_function("sequential_revm_1000_transfers", |b| {
         b.iter_batched(
             || txs.iter().collect::<Vec<_>>(),
-            |refs| execute_sequential(ViewDb { view: &*view, block_hash: &no_hash }, &ctx, &refs),
+            |refs| {
+                execute_sequential(
+                    ViewDb { view: &*view, block_hash: &no_hash },
+                    &env,
+                    &tx_envs(&refs),
+                )
+            },
             BatchSize::SmallInput,
         )
     });

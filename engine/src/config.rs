@@ -36,6 +36,10 @@ pub struct ChainConfig {
     pub pool: PoolLimits,
     /// CPU to pin the sequencer thread to, if any.
     pub sequencer_core: Option<usize>,
+    /// Block-STM worker threads; 1 executes every mini-block sequentially.
+    pub exec_threads: usize,
+    /// Smallest mini-block (in transactions) executed in parallel.
+    pub parallel_min_txs: usize,
 }
 
 impl Default for ChainConfig {
@@ -51,6 +55,8 @@ impl Default for ChainConfig {
             min_priority_fee_wei: 1,
             pool: PoolLimits::default(),
             sequencer_core: None,
+            exec_threads: 1,
+            parallel_min_txs: crate::parallel::MIN_PARALLEL_TXS,
         }
     }
 }

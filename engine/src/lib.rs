@@ -2,7 +2,7 @@
 //!
 //! Data flow: network threads decode and recover transactions ([`tx`]) and hand them to the
 //! sequencer thread ([`sequencer`]) over a bounded queue. The sequencer admits them into the pool
-//! ([`pool`]), seals a [`chain::MiniBlock`] every tick, executes it on revm ([`exec`]), commits the
+//! ([`pool`]), seals a [`chain::MiniBlock`] every tick, executes it on revm ([`exec`], in parallel with Block-STM: [`parallel`]), commits the
 //! resulting [`strobe_storage::StateDiff`] into the state store and closes an EVM block every block
 //! time ([`chain::SealedBlock`]). Readers see the chain through atomically published
 //! [`chain::ChainView`]s. [`node::Engine`] is the embedding API over all of it.
@@ -15,6 +15,7 @@ pub mod chain;
 pub mod config;
 pub mod exec;
 pub mod node;
+pub mod parallel;
 pub mod pool;
 pub mod sequencer;
 pub mod tx;
@@ -28,6 +29,9 @@ pub enum EngineError {
     /// The state store refused the genesis state.
     #[error("state store: {0}")]
     Store(#[from] strobe_storage::StoreError),
+    /// The execution worker threads could not be started.
+    #[error(transparent)]
+    Exec(#[from] parallel::ParallelError),
     /// The sequencer thread could not be spawned.
     #[error("could not start the sequencer thread: {0}")]
     Thread(std::io::Error),

@@ -9,7 +9,8 @@
 use crate::{
     chain::{ChainView, IncludedTx, MiniBlock, OpenBlock, SealedBlock, STATE_HISTORY_BLOCKS},
     config::{next_base_fee, ChainConfig, Genesis, INITIAL_BASE_FEE_WEI},
-    exec::execute_sequential,
+    exec::{tx_envs, BlockOutput},
+    parallel::ParallelExecutor,
     pool::Mempool,
     tx::{RecoveredTx, TxError},
 };
@@ -87,6 +88,7 @@ pub(crate) struct Sequencer {
     waiters: HashMap<B256, Vec<ReceiptNotify>>,
     pool_view: PoolView,
     next_mini_block: u64,
+    executor: ParallelExecutor,
 }
 
 fn now_us() -> u64 {
@@ -156,7 +158,10 @@ impl Sequencer {
             block_subscribers: Mutex::new(Vec::new()),
         });
         let pool = Mempool::new(config.pool);
+        let mut executor = ParallelExecutor::new(config.exec_threads)?;
+        executor.set_min_parallel_txs(config.parallel_min_txs);
         let sequencer = Self {
+            executor,
             config,
             store,
             pool,
@@ -314,10 +319,11 @@ impl Sequencer {
         let block_hash = self.view.block_hash_lookup();
         let base = self.store.view();
         let refs: Vec<&RecoveredTx> = picked.iter().map(|t| t.as_ref()).collect();
-        let (results, diff) = if refs.is_empty() {
-            (Vec::new(), StateDiff::default())
+        let BlockOutput { results, diff } = if refs.is_empty() {
+            BlockOutput::default()
         } else {
-            execute_sequential(ViewDb { view: &*base, block_hash: &block_hash }, &ctx, &refs)
+            let db = ViewDb { view: &*base, block_hash: &block_hash };
+            self.executor.execute(db, &ctx.exec_env(), &tx_envs(&refs))
         };
         if let Err(e) = self.store.apply(&diff) {
             // The in-memory store cannot fail; a persistent one stops the node here.

@@ -90,6 +90,7 @@ impl StateView for MemoryView {
 /// Reads any [`StateView`] through revm's [`DatabaseRef`].
 ///
 /// Block hashes are not part of the state; `block_hash` answers from the function given.
+#[derive(Clone, Copy)]
 pub struct ViewDb<'a> {
     /// The state read.
     pub view: &'a dyn StateView,

@@ -4,15 +4,20 @@
 //! - `transfer-tps`: pre-signed ETH transfers pushed in JSON-RPC batches over several connections,
 //!   the rate at which they are included.
 //!
+//! - `replay`: replays a mainnet block fixture sequentially and with Block-STM and compares both
+//!   with the block header.
+//! - `exec-bench`: sequential against Block-STM execution of a workload, in the same run.
+//!
 //! Transactions are signed before the clock starts, so signing never limits a run. Everything
 //! runs on plain threads with blocking sockets against loopback.
-#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{hex, Address, TxKind, U256};
 use alloy_signer_local::{coins_bip39::English, MnemonicBuilder, PrivateKeySigner};
 use clap::{Parser, Subcommand};
+
+mod exec_tools;
 use serde_json::{json, Value};
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -63,6 +68,30 @@ enum Cmd {
         /// Transactions per JSON-RPC batch.
         #[arg(long, default_value_t = 200)]
         batch: usize,
+    },
+    /// Replays a mainnet block fixture (`.json` or `.json.gz`) sequentially and with Block-STM
+    /// and compares both with the header (JSON line; exit status 1 on any mismatch).
+    Replay {
+        /// The fixture file.
+        file: std::path::PathBuf,
+        /// Block-STM worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Sequential against Block-STM execution of one workload in the same run (JSON line).
+    ExecBench {
+        /// transfers, erc20, hot-pool or mixed.
+        #[arg(long)]
+        workload: String,
+        /// Transactions in the block.
+        #[arg(long, default_value_t = 1000)]
+        txs: usize,
+        /// Block-STM worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Timed rounds of each executor (the median is reported).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
     },
 }
 
@@ -265,6 +294,26 @@ fn main() {
         }
         Cmd::TransferTps { rpc, txs, senders, connections, batch } => {
             transfer_tps(&rpc, txs, senders, connections, batch)
+        }
+        Cmd::Replay { file, threads } => match exec_tools::replay(&file, threads) {
+            Ok((out, true)) => out,
+            Ok((out, false)) => {
+                println!("{out}");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("replay failed: {e}");
+                std::process::exit(2);
+            }
+        },
+        Cmd::ExecBench { workload, txs, threads, rounds } => {
+            match exec_tools::exec_bench(&workload, txs, threads, rounds) {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("exec-bench failed: {e}");
+                    std::process::exit(2);
+                }
+            }
         }
     };
     println!("{out}");

@@ -4,22 +4,23 @@
 //! read-only view). Each transaction executes and commits into an [`Overlay`] above the last
 //! committed state; the overlay then becomes the mini-block's [`StateDiff`].
 
+mod overlay;
+
+pub use overlay::Overlay;
+
 use crate::tx::{RecoveredTx, CHAIN_SPEC};
 use alloy_consensus::{Transaction, Typed2718};
-use alloy_primitives::{map::HashMap, Address, Bytes, Log, TxKind, B256, U256};
+use alloy_primitives::{Address, Bytes, Log, TxKind, B256, U256};
 use revm::{
-    bytecode::Bytecode,
     context::{result::ExecutionResult, BlockEnv, CfgEnv, Context, TxEnv},
     context_interface::{
         either::Either,
         transaction::{RecoveredAuthority, RecoveredAuthorization},
     },
-    database_interface::{Database, DatabaseCommit, DatabaseRef},
-    primitives::{hardfork::SpecId, AddressMap, StorageKey, StorageValue},
-    state::{Account, AccountInfo},
+    primitives::hardfork::SpecId,
     ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext,
 };
-use strobe_storage::{AccountChange, AccountState, StateDiff, StoreError, ViewDb};
+use strobe_storage::{StateDiff, ViewDb};
 
 /// Block-level values every transaction of a mini-block sees.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +41,41 @@ pub struct BlockContext {
     pub chain_id: u64,
 }
 
+/// Everything revm needs besides the transactions and the state: the block and the rules.
+///
+/// The sequencer builds it from a [`BlockContext`]; mainnet replay builds it from a block header
+/// and the fork in force.
+#[derive(Clone, Debug)]
+pub struct ExecEnv {
+    /// Block values (number, timestamp, beneficiary, base fee, ...).
+    pub block: BlockEnv,
+    /// Chain id and the fork's rules.
+    pub cfg: CfgEnv,
+}
+
+impl ExecEnv {
+    /// The fork whose rules apply.
+    pub fn spec(&self) -> SpecId {
+        self.cfg.spec
+    }
+}
+
+/// What executing a list of transactions produced: one result per transaction, in order, and the
+/// state they changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockOutput {
+    /// Per transaction: its execution, or why it could not be included (nonce, funds, gas).
+    pub results: Vec<Result<TxExecution, String>>,
+    /// The canonical diff of everything the included transactions wrote.
+    pub diff: StateDiff,
+}
+
 impl BlockContext {
+    /// The revm environment of this block.
+    pub fn exec_env(&self) -> ExecEnv {
+        ExecEnv { block: self.block_env(), cfg: self.cfg() }
+    }
+
     fn block_env(&self) -> BlockEnv {
         BlockEnv {
             number: U256::from(self.number),
@@ -68,7 +103,7 @@ impl BlockContext {
 }
 
 /// What executing one transaction produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxExecution {
     /// Whether it succeeded (EIP-658 status).
     pub success: bool,
@@ -82,135 +117,6 @@ pub struct TxExecution {
     pub output: Bytes,
     /// Why execution halted (out of gas, invalid opcode, ...), if it did.
     pub halt: Option<String>,
-}
-
-/// One account's accumulated change inside an [`Overlay`].
-#[derive(Clone, Debug, Default)]
-struct OverlayAccount {
-    info: Option<AccountState>,
-    storage_cleared: bool,
-    storage: HashMap<U256, U256>,
-}
-
-/// Uncommitted writes of the transactions executed so far in one mini-block, over a base view.
-pub struct Overlay<'a> {
-    base: ViewDb<'a>,
-    accounts: HashMap<Address, OverlayAccount>,
-    codes: HashMap<B256, Bytecode>,
-}
-
-impl<'a> Overlay<'a> {
-    /// An empty overlay over `base`.
-    pub fn new(base: ViewDb<'a>) -> Self {
-        Self { base, accounts: HashMap::default(), codes: HashMap::default() }
-    }
-
-    /// The writes so far as a canonical [`StateDiff`].
-    pub fn into_diff(self) -> StateDiff {
-        let mut accounts: Vec<AccountChange> = self
-            .accounts
-            .into_iter()
-            .map(|(address, a)| {
-                let mut storage: Vec<(U256, U256)> = a.storage.into_iter().collect();
-                storage.sort_unstable_by_key(|(k, _)| *k);
-                AccountChange { address, info: a.info, storage_cleared: a.storage_cleared, storage }
-            })
-            .collect();
-        accounts.sort_unstable_by_key(|a| a.address);
-        let mut codes: Vec<(B256, Bytecode)> = self.codes.into_iter().collect();
-        codes.sort_unstable_by_key(|(h, _)| *h);
-        StateDiff { accounts, codes }
-    }
-
-    fn commit_account(&mut self, address: Address, account: Account) {
-        if !account.is_touched() {
-            return;
-        }
-        if account.is_selfdestructed() {
-            self.accounts.insert(
-                address,
-                OverlayAccount { info: None, storage_cleared: true, storage: HashMap::default() },
-            );
-            return;
-        }
-        let is_created = account.is_created();
-        if !is_created && account.is_empty() {
-            // EIP-161: a touched empty account is removed.
-            let entry = self.accounts.entry(address).or_default();
-            entry.info = None;
-            entry.storage_cleared = true;
-            entry.storage.clear();
-            return;
-        }
-        if let Some(code) = &account.info.code {
-            if !code.is_empty() && self.base.view.code(&account.info.code_hash).is_none() {
-                self.codes.insert(account.info.code_hash, code.clone());
-            }
-        }
-        let entry = self.accounts.entry(address).or_default();
-        if is_created {
-            entry.storage_cleared = true;
-            entry.storage.clear();
-        }
-        entry.info = Some(AccountState {
-            nonce: account.info.nonce,
-            balance: account.info.balance,
-            code_hash: account.info.code_hash,
-        });
-        for (slot, value) in account.storage {
-            if value.is_changed() || is_created {
-                entry.storage.insert(slot, value.present_value());
-            }
-        }
-    }
-}
-
-impl Database for Overlay<'_> {
-    type Error = StoreError;
-
-    fn basic(&mut self, address: Address) -> Result<Option<AccountInfo>, StoreError> {
-        if let Some(a) = self.accounts.get(&address) {
-            return Ok(a.info.map(|i| AccountInfo {
-                balance: i.balance,
-                nonce: i.nonce,
-                code_hash: i.code_hash,
-                account_id: None,
-                code: None,
-            }));
-        }
-        self.base.basic_ref(address)
-    }
-
-    fn code_by_hash(&mut self, code_hash: B256) -> Result<Bytecode, StoreError> {
-        if let Some(code) = self.codes.get(&code_hash) {
-            return Ok(code.clone());
-        }
-        self.base.code_by_hash_ref(code_hash)
-    }
-
-    fn storage(&mut self, address: Address, index: StorageKey) -> Result<StorageValue, StoreError> {
-        if let Some(a) = self.accounts.get(&address) {
-            if let Some(v) = a.storage.get(&index) {
-                return Ok(*v);
-            }
-            if a.storage_cleared || a.info.is_none() {
-                return Ok(U256::ZERO);
-            }
-        }
-        self.base.storage_ref(address, index)
-    }
-
-    fn block_hash(&mut self, number: u64) -> Result<B256, StoreError> {
-        self.base.block_hash_ref(number)
-    }
-}
-
-impl DatabaseCommit for Overlay<'_> {
-    fn commit(&mut self, changes: AddressMap<Account>) {
-        for (address, account) in changes {
-            self.commit_account(address, account);
-        }
-    }
 }
 
 /// Builds revm's transaction environment for a recovered transaction.
@@ -251,7 +157,7 @@ pub fn tx_env(tx: &RecoveredTx) -> TxEnv {
     }
 }
 
-fn execution_of(result: ExecutionResult, tx_env: &TxEnv) -> TxExecution {
+pub(crate) fn execution_of(result: ExecutionResult, tx_env: &TxEnv) -> TxExecution {
     let gas_used = result.tx_gas_used();
     match result {
         ExecutionResult::Success { logs, output, .. } => {
@@ -304,28 +210,29 @@ fn halt_message(debug: &str) -> String {
 
 /// Executes transactions one after another over `base`, each seeing the previous ones' writes.
 ///
-/// A transaction that fails validation (nonce, balance, gas) is not included: its slot in the
-/// returned vector holds the error text, and it leaves no trace in the state.
-pub fn execute_sequential(
-    base: ViewDb<'_>,
-    block: &BlockContext,
-    txs: &[&RecoveredTx],
-) -> (Vec<Result<TxExecution, String>>, StateDiff) {
+/// This is the reference every other executor must match byte for byte. A transaction that fails
+/// validation (nonce, balance, gas) is not included: its slot in the output holds the error text,
+/// and it leaves no trace in the state.
+pub fn execute_sequential(base: ViewDb<'_>, env: &ExecEnv, txs: &[TxEnv]) -> BlockOutput {
     let ctx = Context::mainnet()
-        .with_db(Overlay::new(base))
-        .with_block(block.block_env())
-        .with_cfg(block.cfg());
+        .with_db(Overlay::new(base, env.spec()))
+        .with_block(env.block.clone())
+        .with_cfg(env.cfg.clone());
     let mut evm = ctx.build_mainnet();
-    let mut out = Vec::with_capacity(txs.len());
+    let mut results = Vec::with_capacity(txs.len());
     for tx in txs {
-        let env = tx_env(tx);
-        match evm.transact_commit(env.clone()) {
-            Ok(result) => out.push(Ok(execution_of(result, &env))),
-            Err(e) => out.push(Err(e.to_string())),
+        match evm.transact_commit(tx.clone()) {
+            Ok(result) => results.push(Ok(execution_of(result, tx))),
+            Err(e) => results.push(Err(e.to_string())),
         }
     }
     let overlay = evm.ctx.journaled_state.database;
-    (out, overlay.into_diff())
+    BlockOutput { results, diff: overlay.into_diff() }
+}
+
+/// The revm transaction environments of recovered transactions, in order.
+pub fn tx_envs(txs: &[&RecoveredTx]) -> Vec<TxEnv> {
+    txs.iter().map(|tx| tx_env(tx)).collect()
 }
 
 /// How a call (`eth_call`, `eth_estimateGas`) is run.
@@ -409,7 +316,9 @@ pub fn call(
         max_fee_per_blob_gas: 0,
         authorization_list,
     };
-    let ctx = Context::mainnet().with_db(Overlay::new(base)).with_block(block_env).with_cfg(cfg);
+    let spec = cfg.spec;
+    let ctx =
+        Context::mainnet().with_db(Overlay::new(base, spec)).with_block(block_env).with_cfg(cfg);
     let mut evm = ctx.build_mainnet();
     let result = evm.transact(env.clone()).map_err(|e| CallError::Invalid(e.to_string()))?;
     Ok(execution_of(result.result, &env))

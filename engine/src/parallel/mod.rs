@@ -1,0 +1,204 @@
+//! Parallel optimistic execution of a mini-block: Block-STM on revm.
+//!
+//! Transactions run speculatively on all workers at once, reading through a multi-version
+//! memory ([`mv`]); a collaborative scheduler ([`scheduler`]) interleaves executions with
+//! validations of what each transaction read, and re-executes those whose reads changed. The
+//! output is assembled exactly as sequential execution would commit it, and must be identical to
+//! [`execute_sequential`] byte for byte: receipts, logs, gas and state diff.
+//!
+//! Threads: a fixed pool of `threads` workers, created once with the executor and alive for the
+//! process. Each block, every worker builds one revm instance and reuses it for all the
+//! incarnations it runs. The calling thread (the sequencer) waits while they work.
+//!
+//! Adaptivity: Block-STM costs a little bookkeeping per read and write, and re-executions when
+//! transactions conflict. Small mini-blocks therefore run sequentially, and when a block's
+//! conflict rate explodes (more than [`CONFLICT_LIMIT`] incarnations per transaction) the next
+//! few blocks run sequentially too, with exponential back-off before trying parallel again.
+
+mod mv;
+mod scheduler;
+mod worker;
+
+use crate::exec::{execute_sequential, execution_of, BlockOutput, ExecEnv, Overlay};
+use revm::{context::TxEnv, database_interface::DatabaseCommit};
+use std::sync::Mutex;
+use strobe_storage::ViewDb;
+
+/// Mini-blocks with fewer transactions than this run sequentially by default: below it the
+/// bookkeeping costs more than two workers gain (see BENCHMARKS.md, "Block-STM threshold").
+pub const MIN_PARALLEL_TXS: usize = 16;
+
+/// Incarnations per transaction above which a block counts as pathologically conflicting.
+pub const CONFLICT_LIMIT: f64 = 1.5;
+
+/// The longest run of mini-blocks executed sequentially after a conflicting one.
+pub const MAX_SEQUENTIAL_BACKOFF: u32 = 64;
+
+/// Errors creating a [`ParallelExecutor`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParallelError {
+    /// The worker threads could not be started.
+    #[error("could not start {threads} execution threads: {reason}")]
+    Threads {
+        /// How many were asked for.
+        threads: usize,
+        /// What the OS said.
+        reason: String,
+    },
+}
+
+/// How a block was executed, and what it cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    /// Whether Block-STM ran (otherwise the sequential executor did).
+    pub parallel: bool,
+    /// Transactions in the block.
+    pub txs: usize,
+    /// Incarnations executed (equals `txs` for sequential runs and conflict-free blocks).
+    pub incarnations: usize,
+}
+
+/// Executes mini-blocks on a pool of Block-STM workers, falling back to sequential execution
+/// where that is faster.
+pub struct ParallelExecutor {
+    threads: usize,
+    pool: Option<rayon::ThreadPool>,
+    min_parallel_txs: usize,
+    sequential_left: u32,
+    backoff: u32,
+    last: ExecStats,
+}
+
+impl std::fmt::Debug for ParallelExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParallelExecutor")
+            .field("threads", &self.threads)
+            .field("min_parallel_txs", &self.min_parallel_txs)
+            .finish()
+    }
+}
+
+impl ParallelExecutor {
+    /// An executor with `threads` workers (at least one). With one, Block-STM runs on the
+    /// calling thread (useful only for testing); the adaptive path then always runs sequentially.
+    pub fn new(threads: usize) -> Result<Self, ParallelError> {
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("strobe-exec-{i}"))
+                    .build()
+                    .map_err(|e| ParallelError::Threads { threads, reason: e.to_string() })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            threads,
+            pool,
+            min_parallel_txs: MIN_PARALLEL_TXS,
+            sequential_left: 0,
+            backoff: 0,
+            last: ExecStats::default(),
+        })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Sets the smallest mini-block that runs in parallel (default [`MIN_PARALLEL_TXS`]).
+    pub fn set_min_parallel_txs(&mut self, txs: usize) {
+        self.min_parallel_txs = txs.max(1);
+    }
+
+    /// How the last block given to [`execute`](Self::execute) ran.
+    pub fn last_stats(&self) -> ExecStats {
+        self.last
+    }
+
+    /// Executes `txs` over `base`, in parallel when that pays, sequentially otherwise. The
+    /// output is the sequential one in either case.
+    pub fn execute(&mut self, base: ViewDb<'_>, env: &ExecEnv, txs: &[TxEnv]) -> BlockOutput {
+        let n = txs.len();
+        if self.pool.is_none() || n < self.min_parallel_txs || self.sequential_left > 0 {
+            self.sequential_left = self.sequential_left.saturating_sub(1);
+            self.last = ExecStats { parallel: false, txs: n, incarnations: n };
+            return execute_sequential(base, env, txs);
+        }
+        let (output, stats) = self.execute_block_stm(base, env, txs);
+        if stats.incarnations as f64 > CONFLICT_LIMIT * n as f64 {
+            self.backoff = (self.backoff * 2).clamp(1, MAX_SEQUENTIAL_BACKOFF);
+            self.sequential_left = self.backoff;
+        } else {
+            self.backoff = 0;
+        }
+        self.last = stats;
+        output
+    }
+
+    /// Executes `txs` with Block-STM regardless of size or conflicts.
+    pub fn execute_block_stm(
+        &self,
+        base: ViewDb<'_>,
+        env: &ExecEnv,
+        txs: &[TxEnv],
+    ) -> (BlockOutput, ExecStats) {
+        let n = txs.len();
+        let mv = mv::MvMemory::new(n);
+        let scheduler = scheduler::Scheduler::new(n);
+        let outcomes: Vec<Mutex<Option<worker::Outcome>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
+        let run = worker::BlockRun {
+            mv: &mv,
+            scheduler: &scheduler,
+            base,
+            env,
+            txs,
+            outcomes: &outcomes,
+        };
+        match &self.pool {
+            Some(pool) => {
+                pool.broadcast(|_| run.work());
+            }
+            None => run.work(),
+        }
+        let stats = ExecStats { parallel: true, txs: n, incarnations: scheduler.executions() };
+        (assemble(base, env, txs, outcomes), stats)
+    }
+}
+
+/// Commits the final incarnations in block order, paying deferred fees where sequential
+/// execution would have paid them, so the diff comes out exactly as the sequential one.
+fn assemble(
+    base: ViewDb<'_>,
+    env: &ExecEnv,
+    txs: &[TxEnv],
+    outcomes: Vec<Mutex<Option<worker::Outcome>>>,
+) -> BlockOutput {
+    let mut overlay = Overlay::new(base, env.spec());
+    let mut results = Vec::with_capacity(txs.len());
+    for (tx, slot) in txs.iter().zip(outcomes) {
+        let outcome = slot
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("Block-STM finished with a transaction never executed");
+        match outcome.result {
+            Ok(result) => {
+                overlay.commit(outcome.state);
+                let paid = match outcome.fee_credit {
+                    Some(fee) => overlay.credit_lazily(env.block.beneficiary, fee),
+                    None => Ok(()),
+                };
+                results.push(match paid {
+                    Ok(()) => Ok(execution_of(result, tx)),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    BlockOutput { results, diff: overlay.into_diff() }
+}

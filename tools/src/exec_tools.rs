@@ -1,0 +1,107 @@
+//! The `replay` and `exec-bench` commands.
+
+use serde_json::{json, Value};
+use std::{path::Path, time::Instant};
+use strobe_engine::parallel::ParallelExecutor;
+use strobe_tools::{
+    fixture::{self, Comparison},
+    workload,
+};
+
+fn facts(c: &Comparison) -> Value {
+    json!({
+        "gas_used": c.got.gas_used,
+        "logs_bloom_matches": c.got.logs_bloom == c.expected.logs_bloom,
+        "receipts_root": c.got.receipts_root.to_string(),
+        "receipts_root_checked": c.receipts_root_checked,
+        "rejected": c.rejected.iter().map(|(i, e)| json!({"index": i, "error": e})).collect::<Vec<_>>(),
+        "matches": c.matches(),
+    })
+}
+
+/// Replays `file`; returns the report and whether everything matched.
+pub(crate) fn replay(file: &Path, threads: usize) -> Result<(Value, bool), String> {
+    let block = fixture::load(file).map_err(|e| e.to_string())?;
+    let executor = ParallelExecutor::new(threads).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let sequential =
+        block.with_db(|db| strobe_engine::exec::execute_sequential(db, &block.env, &block.txs));
+    let sequential_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let (parallel, stats) =
+        block.with_db(|db| executor.execute_block_stm(db, &block.env, &block.txs));
+    let parallel_ms = started.elapsed().as_secs_f64() * 1e3;
+    let seq = block.compare(&sequential);
+    let par = block.compare(&parallel);
+    let identical = sequential == parallel;
+    let ok = seq.matches() && par.matches() && identical;
+    let report = json!({
+        "block": block.number,
+        "hash": block.hash.to_string(),
+        "fork": block.fork,
+        "txs": block.txs.len(),
+        "expected": {
+            "gas_used": block.expected.gas_used,
+            "receipts_root": block.expected.receipts_root.to_string(),
+        },
+        "sequential": facts(&seq),
+        "parallel": facts(&par),
+        "threads": threads,
+        "incarnations": stats.incarnations,
+        "parallel_equals_sequential": identical,
+        "sequential_ms": sequential_ms,
+        "parallel_ms": parallel_ms,
+        "ok": ok,
+    });
+    Ok((report, ok))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times sequential and Block-STM execution of a workload in the same run.
+pub(crate) fn exec_bench(
+    name: &str,
+    txs: usize,
+    threads: usize,
+    rounds: usize,
+) -> Result<Value, String> {
+    let (world, list) = workload::build(name, txs)
+        .ok_or_else(|| format!("unknown workload {name:?}; known: {:?}", workload::WORKLOADS))?;
+    let env = world.env();
+    let mut executor = ParallelExecutor::new(threads).map_err(|e| e.to_string())?;
+    let reference = world.execute_sequential(&list);
+    let (mut seq_ms, mut par_ms, mut adaptive_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut incarnations = 0;
+    let mut identical = true;
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        let out = world.execute_sequential(&list);
+        seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        identical &= out == reference;
+        let started = Instant::now();
+        let (out, stats) = world.with_db(|db| executor.execute_block_stm(db, &env, &list));
+        par_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        identical &= out == reference;
+        incarnations = stats.incarnations;
+        let started = Instant::now();
+        let out = world.with_db(|db| executor.execute(db, &env, &list));
+        adaptive_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        identical &= out == reference;
+    }
+    let (s, p, a) = (median(seq_ms), median(par_ms), median(adaptive_ms));
+    Ok(json!({
+        "workload": name,
+        "txs": list.len(),
+        "threads": threads,
+        "sequential_ms": s,
+        "parallel_ms": p,
+        "speedup": s / p,
+        "adaptive_ms": a,
+        "adaptive_speedup": s / a,
+        "incarnations": incarnations,
+        "identical": identical,
+    }))
+}

@@ -1,0 +1,13 @@
+//! strobe's measurement and verification tools, as a library shared by the `strobe-tools`
+//! binary, the root integration tests and the criterion benches.
+//!
+//! - [`fixture`]: real mainnet blocks with their pre-state, replayed and checked against the
+//!   header.
+//! - [`workload`]: a funded state with tokens, pools, a factory and a probe contract, and
+//!   builders of transaction lists for execution benchmarks and differential tests.
+//!
+//! Nothing here runs threads of its own; callers decide where execution happens.
+// (No unused-dependency lint here: the library and the binary share one dependency list.)
+
+pub mod fixture;
+pub mod workload;
