@@ -85,6 +85,7 @@ fn execution(c: &mut Criterion) {
         prevrandao: Default::default(),
         chain_id: 31337,
     };
+    let env = ctx.exec_env();
     let view = store.view();
     let no_hash = |_n: u64| Default::default();
     let mut g = c.benchmark_group("mini_block_execution");
