@@ -57,6 +57,9 @@ pub(crate) fn replay(file: &Path, threads: usize) -> Result<(Value, bool), Strin
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -67,7 +70,14 @@ pub(crate) fn exec_bench(
     txs: usize,
     threads: usize,
     rounds: usize,
+    only: Option<&str>,
 ) -> Result<Value, String> {
+    let (run_seq, run_par) = match only {
+        None => (true, true),
+        Some("sequential") => (true, false),
+        Some("parallel") => (false, true),
+        Some(other) => return Err(format!("--only takes sequential or parallel, not {other:?}")),
+    };
     let (world, list) = workload::build(name, txs)
         .ok_or_else(|| format!("unknown workload {name:?}; known: {:?}", workload::WORKLOADS))?;
     let env = world.env();
@@ -77,10 +87,15 @@ pub(crate) fn exec_bench(
     let mut incarnations = 0;
     let mut identical = true;
     for _ in 0..rounds.max(1) {
-        let started = Instant::now();
-        let out = world.execute_sequential(&list);
-        seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        identical &= out == reference;
+        if run_seq {
+            let started = Instant::now();
+            let out = world.execute_sequential(&list);
+            seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            identical &= out == reference;
+        }
+        if !run_par {
+            continue;
+        }
         let started = Instant::now();
         let (out, stats) = world.with_db(|db| executor.execute_block_stm(db, &env, &list));
         par_ms.push(started.elapsed().as_secs_f64() * 1e3);

@@ -18,6 +18,10 @@ use alloy_signer_local::{coins_bip39::English, MnemonicBuilder, PrivateKeySigner
 use clap::{Parser, Subcommand};
 
 mod exec_tools;
+
+// The node's allocator, so execution benchmarks measure what the node runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -92,6 +96,9 @@ enum Cmd {
         /// Timed rounds of each executor (the median is reported).
         #[arg(long, default_value_t = 9)]
         rounds: usize,
+        /// Run only Block-STM (`parallel`) or only `sequential`, e.g. under a profiler.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -306,8 +313,8 @@ fn main() {
                 std::process::exit(2);
             }
         },
-        Cmd::ExecBench { workload, txs, threads, rounds } => {
-            match exec_tools::exec_bench(&workload, txs, threads, rounds) {
+        Cmd::ExecBench { workload, txs, threads, rounds, only } => {
+            match exec_tools::exec_bench(&workload, txs, threads, rounds, only.as_deref()) {
                 Ok(out) => out,
                 Err(e) => {
                     eprintln!("exec-bench failed: {e}");

@@ -54,9 +54,10 @@ pub fn account(i: usize) -> Address {
     Address::from_word(keccak256(format!("strobe workload account {i}")))
 }
 
-/// The workload state and the nonces of its accounts.
+/// The workload state and the nonces of its accounts. Cloning is cheap (the state is shared).
+#[derive(Clone)]
 pub struct World {
-    store: MemoryStore,
+    view: Arc<dyn StateView>,
     /// Funded externally owned accounts.
     pub accounts: Vec<Address>,
     /// Two ERC-20 tokens.
@@ -100,7 +101,7 @@ impl World {
         let factory = deployer.create(4);
         let probe = deployer.create(5);
         let mut world = Self {
-            store,
+            view: store.view(),
             accounts: accounts_list,
             tokens,
             pairs,
@@ -169,7 +170,7 @@ impl World {
             ));
             deployer_nonce += 1;
         }
-        world.run_setup(deploy);
+        world.run_setup(&mut store, deploy);
         let mut setup = Vec::new();
         for i in 0..world.accounts.len() {
             let who = world.accounts[i];
@@ -190,11 +191,11 @@ impl World {
                 }
             }
         }
-        world.run_setup(setup);
+        world.run_setup(&mut store, setup);
         world
     }
 
-    fn run_setup(&mut self, txs: Vec<TxEnv>) {
+    fn run_setup(&mut self, store: &mut MemoryStore, txs: Vec<TxEnv>) {
         let out = self.execute_sequential(&txs);
         for (i, r) in out.results.iter().enumerate() {
             match r {
@@ -202,12 +203,13 @@ impl World {
                 other => panic!("workload setup transaction {i} failed: {other:?}"),
             }
         }
-        self.store.apply(&out.diff).expect("in-memory apply");
+        store.apply(&out.diff).expect("in-memory apply");
+        self.view = store.view();
     }
 
     /// The state after setup.
     pub fn view(&self) -> Arc<dyn StateView> {
-        self.store.view()
+        self.view.clone()
     }
 
     /// The block environment workloads run in (Prague rules, 1 gwei base fee).
@@ -226,7 +228,7 @@ impl World {
 
     /// Runs `f` with a database over the state after setup (no block hashes).
     pub fn with_db<R>(&self, f: impl FnOnce(ViewDb<'_>) -> R) -> R {
-        let view = self.store.view();
+        let view = self.view.clone();
         let no_hash = |_: u64| B256::ZERO;
         f(ViewDb { view: &*view, block_hash: &no_hash })
     }

@@ -20,6 +20,7 @@ mod scheduler;
 mod worker;
 
 use crate::exec::{execute_sequential, execution_of, BlockOutput, ExecEnv, Overlay};
+use crossbeam_utils::CachePadded;
 use revm::{context::TxEnv, database_interface::DatabaseCommit};
 use std::sync::Mutex;
 use strobe_storage::ViewDb;
@@ -147,10 +148,10 @@ impl ParallelExecutor {
         txs: &[TxEnv],
     ) -> (BlockOutput, ExecStats) {
         let n = txs.len();
-        let mv = mv::MvMemory::new(n);
+        let mv = mv::MvMemory::new(n, env.block.beneficiary);
         let scheduler = scheduler::Scheduler::new(n);
-        let outcomes: Vec<Mutex<Option<worker::Outcome>>> =
-            (0..n).map(|_| Mutex::new(None)).collect();
+        let outcomes: Vec<CachePadded<Mutex<Option<worker::Outcome>>>> =
+            (0..n).map(|_| CachePadded::new(Mutex::new(None))).collect();
         let run = worker::BlockRun {
             mv: &mv,
             scheduler: &scheduler,
@@ -159,6 +160,7 @@ impl ParallelExecutor {
             txs,
             outcomes: &outcomes,
         };
+        let t0 = std::time::Instant::now();
         match &self.pool {
             Some(pool) => {
                 pool.broadcast(|_| run.work());
@@ -166,7 +168,18 @@ impl ParallelExecutor {
             None => run.work(),
         }
         let stats = ExecStats { parallel: true, txs: n, incarnations: scheduler.executions() };
-        (assemble(base, env, txs, outcomes), stats)
+        let t1 = std::time::Instant::now();
+        let out = assemble(base, env, txs, outcomes);
+        let t2 = std::time::Instant::now();
+        // Freeing thousands of small allocations is off the critical path: hand it to a worker.
+        match &self.pool {
+            Some(pool) => pool.spawn(move || drop((mv, scheduler))),
+            None => drop((mv, scheduler)),
+        }
+        if std::env::var("STROBE_TIMING").is_ok() {
+            eprintln!("parallel {:?} assemble {:?} drop {:?}", t1 - t0, t2 - t1, t2.elapsed());
+        }
+        (out, stats)
     }
 }
 
@@ -176,12 +189,12 @@ fn assemble(
     base: ViewDb<'_>,
     env: &ExecEnv,
     txs: &[TxEnv],
-    outcomes: Vec<Mutex<Option<worker::Outcome>>>,
+    outcomes: Vec<CachePadded<Mutex<Option<worker::Outcome>>>>,
 ) -> BlockOutput {
     let mut overlay = Overlay::new(base, env.spec());
     let mut results = Vec::with_capacity(txs.len());
     for (tx, slot) in txs.iter().zip(outcomes) {
-        let outcome = slot
+        let outcome = CachePadded::into_inner(slot)
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())
             .expect("Block-STM finished with a transaction never executed");

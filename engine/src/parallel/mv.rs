@@ -10,9 +10,9 @@
 //! is a deterministic function of the values read.
 
 use alloy_primitives::{map::DefaultHashBuilder, Address, B256, U256};
-use dashmap::DashMap;
+use crossbeam_utils::CachePadded;
 use revm::bytecode::Bytecode;
-use std::{collections::BTreeMap, sync::Mutex};
+use std::sync::{Mutex, MutexGuard};
 use strobe_storage::StateView;
 
 /// Index of a transaction in its block.
@@ -47,8 +47,6 @@ pub(crate) struct InfoValue {
 pub(crate) enum Value {
     /// A balance.
     Balance(U256),
-    /// A fee credited to the beneficiary without reading it: added to whatever lies below.
-    BalanceCredit(U256),
     /// Existence, nonce and code hash.
     Info(Option<InfoValue>),
     /// A storage value.
@@ -63,66 +61,116 @@ enum Entry {
     Estimate,
 }
 
+/// A transaction's deferred fee to the beneficiary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Credit {
+    /// Nothing owed (not executed yet, or the fee was paid in place).
+    #[default]
+    None,
+    /// This much is owed.
+    Owed(U256),
+    /// The transaction is being re-executed; its fee is unknown.
+    Estimate,
+}
+
 /// A read that must wait: the transaction at this index is being re-executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Blocked(pub(crate) TxIdx);
 
+/// Versions of one location, sorted by transaction index. Most locations are written by one
+/// transaction, so a small vector beats a tree.
+type Versions = Mutex<Vec<(TxIdx, Entry)>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The multi-version data structure of one Block-STM run.
+///
+/// The location map has lock-free reads (papaya): a location nobody wrote, such as a token
+/// contract's code and nonce that every transaction loads, costs a lookup and no shared write.
+/// Only written locations take their own small lock. Fee credits live in per-transaction slots
+/// rather than in the map, so the beneficiary's balance is not one hot lock every transaction
+/// writes.
 pub(crate) struct MvMemory {
-    data: DashMap<Location, BTreeMap<TxIdx, Entry>, DefaultHashBuilder>,
+    data: papaya::HashMap<Location, Versions, DefaultHashBuilder>,
     /// Code deployed during the block, by hash. Content-addressed, so never versioned.
-    codes: DashMap<B256, Bytecode, DefaultHashBuilder>,
-    /// Per transaction: the locations its latest incarnation wrote (sorted).
-    written: Vec<Mutex<Vec<Location>>>,
-    /// Per transaction: what its latest incarnation read, as resolved values.
-    reads: Vec<Mutex<Vec<(Location, Value)>>>,
+    codes: papaya::HashMap<B256, Bytecode, DefaultHashBuilder>,
+    beneficiary: Address,
+    /// Per-transaction bookkeeping, one cache line (or more) each: workers run neighbouring
+    /// transactions at the same time, and sharing lines between them costs more than the rest.
+    txs: Vec<CachePadded<TxMemory>>,
+}
+
+/// What the memory keeps per transaction.
+#[derive(Default)]
+struct TxMemory {
+    credit: Mutex<Credit>,
+    /// The locations its latest incarnation wrote (sorted).
+    written: Mutex<Vec<Location>>,
+    /// What its latest incarnation read, as resolved values.
+    reads: Mutex<Vec<(Location, Value)>>,
 }
 
 impl MvMemory {
-    /// Empty memory for a block of `txs` transactions.
-    pub(crate) fn new(txs: usize) -> Self {
+    /// Empty memory for a block of `txs` transactions paying fees to `beneficiary`.
+    pub(crate) fn new(txs: usize, beneficiary: Address) -> Self {
         Self {
-            data: DashMap::with_hasher(DefaultHashBuilder::default()),
-            codes: DashMap::with_hasher(DefaultHashBuilder::default()),
-            written: (0..txs).map(|_| Mutex::default()).collect(),
-            reads: (0..txs).map(|_| Mutex::default()).collect(),
+            // Blocking resizes: faster reads than incremental ones, and a capacity hint (about
+            // six locations per transaction) means they are rare.
+            data: papaya::HashMap::builder()
+                .capacity(txs * 6)
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .hasher(DefaultHashBuilder::default())
+                .build(),
+            codes: papaya::HashMap::builder()
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .hasher(DefaultHashBuilder::default())
+                .build(),
+            beneficiary,
+            txs: (0..txs).map(|_| CachePadded::default()).collect(),
         }
     }
 
     /// The highest entry below `idx` at `location`.
     fn latest_below(&self, location: &Location, idx: TxIdx) -> Option<(TxIdx, Entry)> {
-        let entries = self.data.get(location)?;
-        entries.range(..idx).next_back().map(|(j, e)| (*j, *e))
+        let map = self.data.pin();
+        let versions = lock(map.get(location)?);
+        let pos = versions.partition_point(|(j, _)| *j < idx);
+        pos.checked_sub(1).map(|p| versions[p])
     }
 
-    /// The balance transaction `idx` sees: the last full write below it plus every fee credit
-    /// above that write, applied in order with revm's overflow rule (an overflowing credit is
-    /// dropped).
+    /// The balance transaction `idx` sees: the last write below it, plus (for the beneficiary)
+    /// every fee credited after that write, applied in order with revm's overflow rule (an
+    /// overflowing credit is dropped).
     pub(crate) fn read_balance(
         &self,
         address: Address,
         idx: TxIdx,
         base: impl FnOnce() -> U256,
     ) -> Result<U256, Blocked> {
-        let mut credits: Vec<U256> = Vec::new();
-        let mut below = None;
-        if let Some(entries) = self.data.get(&Location::Balance(address)) {
-            for (j, entry) in entries.range(..idx).rev() {
-                match entry {
-                    Entry::Estimate => return Err(Blocked(*j)),
-                    Entry::Written(Value::BalanceCredit(c)) => credits.push(*c),
-                    Entry::Written(Value::Balance(b)) => {
-                        below = Some(*b);
-                        break;
-                    }
-                    Entry::Written(other) => unreachable!("balance location holds {other:?}"),
-                }
-            }
+        let below = match self.latest_below(&Location::Balance(address), idx) {
+            None => None,
+            Some((j, Entry::Estimate)) => return Err(Blocked(j)),
+            Some((j, Entry::Written(Value::Balance(b)))) => Some((j, b)),
+            Some((_, Entry::Written(other))) => unreachable!("balance location holds {other:?}"),
+        };
+        if address != self.beneficiary {
+            return Ok(below.map_or_else(base, |(_, b)| b));
         }
-        let mut balance = below.unwrap_or_else(base);
-        for credit in credits.iter().rev() {
-            if let Some(b) = balance.checked_add(*credit) {
-                balance = b;
+        let (from, mut balance) = match below {
+            Some((j, b)) => (j + 1, b),
+            None => (0, base()),
+        };
+        for (j, tx) in self.txs.iter().enumerate().take(idx).skip(from) {
+            match *lock(&tx.credit) {
+                Credit::None => {}
+                Credit::Estimate => return Err(Blocked(j)),
+                Credit::Owed(c) => {
+                    if let Some(b) = balance.checked_add(c) {
+                        balance = b;
+                    }
+                }
             }
         }
         Ok(balance)
@@ -197,32 +245,62 @@ impl MvMemory {
 
     /// Code deployed earlier in the block with this hash.
     pub(crate) fn code(&self, code_hash: &B256) -> Option<Bytecode> {
-        self.codes.get(code_hash).map(|c| c.clone())
+        self.codes.pin().get(code_hash).cloned()
     }
 
     /// Makes deployed code visible to every transaction (content-addressed, so no versions).
     pub(crate) fn publish_code(&self, code_hash: B256, code: Bytecode) {
-        self.codes.entry(code_hash).or_insert(code);
+        self.codes.pin().get_or_insert_with(code_hash, || code);
+    }
+
+    fn write(&self, location: Location, idx: TxIdx, entry: Entry) {
+        let map = self.data.pin();
+        let mut versions = lock(map.get_or_insert_with(location, || Mutex::new(Vec::new())));
+        match versions.binary_search_by_key(&idx, |(j, _)| *j) {
+            Ok(p) => versions[p].1 = entry,
+            Err(p) => versions.insert(p, (idx, entry)),
+        }
+    }
+
+    fn remove(&self, location: &Location, idx: TxIdx) {
+        let map = self.data.pin();
+        if let Some(versions) = map.get(location) {
+            let mut versions = lock(versions);
+            if let Ok(p) = versions.binary_search_by_key(&idx, |(j, _)| *j) {
+                versions.remove(p);
+            }
+        }
     }
 
     /// Records incarnation results of transaction `idx`: its writes replace those of its previous
-    /// incarnation (locations no longer written are removed) and its reads become the set that
-    /// validation will check. Returns whether it wrote a location the previous incarnation did
-    /// not, in which case transactions above must be validated again.
+    /// incarnation (locations no longer written are removed), its deferred fee replaces the old
+    /// one, and its reads become the set that validation will check. Returns whether it wrote a
+    /// location the previous incarnation did not, in which case transactions above must be
+    /// validated again.
     pub(crate) fn record(
         &self,
         idx: TxIdx,
         reads: Vec<(Location, Value)>,
         mut writes: Vec<(Location, Value)>,
+        fee_credit: Option<U256>,
     ) -> bool {
         writes.sort_unstable_by_key(|(l, _)| *l);
         writes.dedup_by_key(|(l, _)| *l);
         for (location, value) in &writes {
-            self.data.entry(*location).or_default().insert(idx, Entry::Written(*value));
+            self.write(*location, idx, Entry::Written(*value));
         }
+        let mut wrote_new = {
+            let mut credit = lock(&self.txs[idx].credit);
+            let new = match fee_credit {
+                Some(c) if !c.is_zero() => Credit::Owed(c),
+                _ => Credit::None,
+            };
+            let was_none = *credit == Credit::None;
+            *credit = new;
+            was_none && new != Credit::None
+        };
         let locations: Vec<Location> = writes.into_iter().map(|(l, _)| l).collect();
-        let mut previous = self.written[idx].lock().unwrap_or_else(|e| e.into_inner());
-        let mut wrote_new = false;
+        let mut previous = lock(&self.txs[idx].written);
         let (mut p, mut n) = (0, 0);
         while p < previous.len() || n < locations.len() {
             match (previous.get(p), locations.get(n)) {
@@ -245,29 +323,24 @@ impl MvMemory {
             }
         }
         *previous = locations;
-        *self.reads[idx].lock().unwrap_or_else(|e| e.into_inner()) = reads;
+        *lock(&self.txs[idx].reads) = reads;
         wrote_new
-    }
-
-    fn remove(&self, location: &Location, idx: TxIdx) {
-        if let Some(mut entries) = self.data.get_mut(location) {
-            entries.remove(&idx);
-        }
     }
 
     /// Turns the writes of transaction `idx` into ESTIMATE markers (its incarnation aborted).
     pub(crate) fn convert_writes_to_estimates(&self, idx: TxIdx) {
-        let written = self.written[idx].lock().unwrap_or_else(|e| e.into_inner());
-        for location in written.iter() {
-            if let Some(mut entries) = self.data.get_mut(location) {
-                entries.insert(idx, Entry::Estimate);
-            }
+        for location in lock(&self.txs[idx].written).iter() {
+            self.write(*location, idx, Entry::Estimate);
+        }
+        let mut credit = lock(&self.txs[idx].credit);
+        if *credit != Credit::None {
+            *credit = Credit::Estimate;
         }
     }
 
     /// Whether every value transaction `idx` read is still what it would read now.
     pub(crate) fn validate_reads(&self, idx: TxIdx, base: &dyn StateView) -> bool {
-        let reads = self.reads[idx].lock().unwrap_or_else(|e| e.into_inner());
+        let reads = lock(&self.txs[idx].reads);
         reads.iter().all(|(location, value)| self.resolve(location, idx, base) == Ok(*value))
     }
 }
@@ -283,12 +356,12 @@ mod tests {
 
     #[test]
     fn reads_take_the_highest_write_below_and_credits_stack() {
-        let mv = MvMemory::new(5);
         let a = addr(1);
+        let mv = MvMemory::new(5, a);
         assert_eq!(mv.read_balance(a, 3, || U256::from(7)), Ok(U256::from(7)));
-        mv.record(0, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(100)))]);
-        mv.record(1, vec![], vec![(Location::Balance(a), Value::BalanceCredit(U256::from(5)))]);
-        mv.record(2, vec![], vec![(Location::Balance(a), Value::BalanceCredit(U256::from(6)))]);
+        mv.record(0, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(100)))], None);
+        mv.record(1, vec![], vec![], Some(U256::from(5)));
+        mv.record(2, vec![], vec![], Some(U256::from(6)));
         assert_eq!(mv.read_balance(a, 0, || U256::from(7)), Ok(U256::from(7)));
         assert_eq!(mv.read_balance(a, 1, || U256::ZERO), Ok(U256::from(100)));
         assert_eq!(mv.read_balance(a, 3, || U256::ZERO), Ok(U256::from(111)));
@@ -299,9 +372,9 @@ mod tests {
 
     #[test]
     fn storage_reset_hides_older_slots_but_not_later_writes() {
-        let mv = MvMemory::new(4);
+        let mv = MvMemory::new(4, Address::ZERO);
         let (a, s) = (addr(2), U256::from(9));
-        mv.record(0, vec![], vec![(Location::Storage(a, s), Value::Storage(U256::from(1)))]);
+        mv.record(0, vec![], vec![(Location::Storage(a, s), Value::Storage(U256::from(1)))], None);
         mv.record(
             1,
             vec![],
@@ -309,6 +382,7 @@ mod tests {
                 (Location::StorageReset(a), Value::StorageReset),
                 (Location::Storage(a, U256::from(10)), Value::Storage(U256::from(3))),
             ],
+            None,
         );
         assert_eq!(mv.read_storage(a, s, 1, || U256::from(5)), Ok(U256::from(1)));
         assert_eq!(mv.read_storage(a, s, 2, || U256::from(5)), Ok(U256::ZERO));
@@ -320,11 +394,11 @@ mod tests {
 
     #[test]
     fn rerecording_removes_stale_writes_and_reports_new_locations() {
-        let mv = MvMemory::new(3);
+        let mv = MvMemory::new(3, Address::ZERO);
         let (a, b) = (addr(3), addr(4));
-        assert!(mv.record(0, vec![], vec![(Location::Info(a), Value::Info(None))]));
-        assert!(!mv.record(0, vec![], vec![(Location::Info(a), Value::Info(None))]));
-        assert!(mv.record(0, vec![], vec![(Location::Info(b), Value::Info(None))]));
+        assert!(mv.record(0, vec![], vec![(Location::Info(a), Value::Info(None))], None));
+        assert!(!mv.record(0, vec![], vec![(Location::Info(a), Value::Info(None))], None));
+        assert!(mv.record(0, vec![], vec![(Location::Info(b), Value::Info(None))], None));
         let info = InfoValue { nonce: 1, code_hash: B256::ZERO };
         assert_eq!(mv.read_info(a, 2, || Some(info)), Ok(Some(info)));
         assert_eq!(mv.read_info(b, 2, || Some(info)), Ok(None));
@@ -334,18 +408,18 @@ mod tests {
     fn validation_compares_values_not_versions() {
         let store = MemoryStore::default();
         let view = store.view();
-        let mv = MvMemory::new(3);
+        let mv = MvMemory::new(3, Address::ZERO);
         let a = addr(5);
-        mv.record(0, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))]);
-        mv.record(2, vec![(Location::Balance(a), Value::Balance(U256::from(1)))], vec![]);
+        mv.record(0, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))], None);
+        mv.record(2, vec![(Location::Balance(a), Value::Balance(U256::from(1)))], vec![], None);
         assert!(mv.validate_reads(2, &*view));
         // A new incarnation writing the same value keeps the reader valid...
-        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))]);
+        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))], None);
         assert!(mv.validate_reads(2, &*view));
         // ...a different value does not, and neither does an estimate.
-        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(2)))]);
+        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(2)))], None);
         assert!(!mv.validate_reads(2, &*view));
-        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))]);
+        mv.record(1, vec![], vec![(Location::Balance(a), Value::Balance(U256::from(1)))], None);
         mv.convert_writes_to_estimates(1);
         assert!(!mv.validate_reads(2, &*view));
     }

@@ -6,6 +6,7 @@
 //! passed the end, no task is in flight, and no decrease raced with that observation.
 
 use super::mv::TxIdx;
+use crossbeam_utils::CachePadded;
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
     Mutex, MutexGuard,
@@ -45,17 +46,25 @@ struct Status {
 }
 
 /// Scheduling state of one Block-STM run.
+///
+/// Each shared counter and each transaction's state sits on its own cache line: two workers
+/// usually hold neighbouring transactions, and false sharing between them would cost more than
+/// the work itself.
 pub(crate) struct Scheduler {
     len: usize,
-    execution_idx: AtomicUsize,
-    validation_idx: AtomicUsize,
-    decrease_cnt: AtomicUsize,
-    num_active_tasks: AtomicUsize,
-    done_marker: AtomicBool,
-    status: Vec<Mutex<Status>>,
-    dependents: Vec<Mutex<Vec<TxIdx>>>,
+    execution_idx: CachePadded<AtomicUsize>,
+    validation_idx: CachePadded<AtomicUsize>,
+    decrease_cnt: CachePadded<AtomicUsize>,
+    num_active_tasks: CachePadded<AtomicUsize>,
+    done_marker: CachePadded<AtomicBool>,
+    txs: Vec<CachePadded<TxState>>,
     /// Incarnations started, for the conflict statistics.
-    executions: AtomicUsize,
+    executions: CachePadded<AtomicUsize>,
+}
+
+struct TxState {
+    status: Mutex<Status>,
+    dependents: Mutex<Vec<TxIdx>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,16 +77,20 @@ impl Scheduler {
     pub(crate) fn new(len: usize) -> Self {
         Self {
             len,
-            execution_idx: AtomicUsize::new(0),
-            validation_idx: AtomicUsize::new(0),
-            decrease_cnt: AtomicUsize::new(0),
-            num_active_tasks: AtomicUsize::new(0),
-            done_marker: AtomicBool::new(len == 0),
-            status: (0..len)
-                .map(|_| Mutex::new(Status { incarnation: 0, stage: Stage::ReadyToExecute }))
+            execution_idx: CachePadded::new(AtomicUsize::new(0)),
+            validation_idx: CachePadded::new(AtomicUsize::new(0)),
+            decrease_cnt: CachePadded::new(AtomicUsize::new(0)),
+            num_active_tasks: CachePadded::new(AtomicUsize::new(0)),
+            done_marker: CachePadded::new(AtomicBool::new(len == 0)),
+            txs: (0..len)
+                .map(|_| {
+                    CachePadded::new(TxState {
+                        status: Mutex::new(Status { incarnation: 0, stage: Stage::ReadyToExecute }),
+                        dependents: Mutex::default(),
+                    })
+                })
                 .collect(),
-            dependents: (0..len).map(|_| Mutex::default()).collect(),
-            executions: AtomicUsize::new(0),
+            executions: CachePadded::new(AtomicUsize::new(0)),
         }
     }
 
@@ -116,7 +129,7 @@ impl Scheduler {
     /// Moves a ready transaction to executing; `None` when someone else got it first.
     fn try_incarnate(&self, idx: TxIdx) -> Option<Version> {
         if idx < self.len {
-            let mut status = lock(&self.status[idx]);
+            let mut status = lock(&self.txs[idx].status);
             if status.stage == Stage::ReadyToExecute {
                 status.stage = Stage::Executing;
                 self.executions.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +161,7 @@ impl Scheduler {
         self.num_active_tasks.fetch_add(1, Ordering::SeqCst);
         let idx = self.validation_idx.fetch_add(1, Ordering::SeqCst);
         if idx < self.len {
-            let status = lock(&self.status[idx]);
+            let status = lock(&self.txs[idx].status);
             if status.stage == Stage::Executed {
                 return Some(Version { idx, incarnation: status.incarnation });
             }
@@ -169,11 +182,11 @@ impl Scheduler {
     /// Records that `idx` read an ESTIMATE of `blocking`. Returns `false` when `blocking` has
     /// meanwhile finished executing, in which case the caller simply re-executes `idx`.
     pub(crate) fn add_dependency(&self, idx: TxIdx, blocking: TxIdx) -> bool {
-        let mut dependents = lock(&self.dependents[blocking]);
-        if lock(&self.status[blocking]).stage == Stage::Executed {
+        let mut dependents = lock(&self.txs[blocking].dependents);
+        if lock(&self.txs[blocking].status).stage == Stage::Executed {
             return false;
         }
-        lock(&self.status[idx]).stage = Stage::Aborting;
+        lock(&self.txs[idx].status).stage = Stage::Aborting;
         dependents.push(idx);
         drop(dependents);
         self.num_active_tasks.fetch_sub(1, Ordering::SeqCst);
@@ -181,7 +194,7 @@ impl Scheduler {
     }
 
     fn set_ready_status(&self, idx: TxIdx) {
-        let mut status = lock(&self.status[idx]);
+        let mut status = lock(&self.txs[idx].status);
         status.incarnation += 1;
         status.stage = Stage::ReadyToExecute;
     }
@@ -193,8 +206,8 @@ impl Scheduler {
         version: Version,
         wrote_new_location: bool,
     ) -> Option<Task> {
-        lock(&self.status[version.idx]).stage = Stage::Executed;
-        let dependents = std::mem::take(&mut *lock(&self.dependents[version.idx]));
+        lock(&self.txs[version.idx].status).stage = Stage::Executed;
+        let dependents = std::mem::take(&mut *lock(&self.txs[version.idx].dependents));
         if let Some(min) = dependents.iter().min().copied() {
             for d in &dependents {
                 self.set_ready_status(*d);
@@ -215,7 +228,7 @@ impl Scheduler {
     /// Claims the right to abort an incarnation whose validation failed; only the first
     /// validator to fail a given incarnation wins.
     pub(crate) fn try_validation_abort(&self, version: Version) -> bool {
-        let mut status = lock(&self.status[version.idx]);
+        let mut status = lock(&self.txs[version.idx].status);
         if status.incarnation == version.incarnation && status.stage == Stage::Executed {
             status.stage = Stage::Aborting;
             true

@@ -189,7 +189,7 @@ pub(crate) struct BlockRun<'a> {
     pub(crate) base: ViewDb<'a>,
     pub(crate) env: &'a ExecEnv,
     pub(crate) txs: &'a [TxEnv],
-    pub(crate) outcomes: &'a [Mutex<Option<Outcome>>],
+    pub(crate) outcomes: &'a [crossbeam_utils::CachePadded<Mutex<Option<Outcome>>>],
 }
 
 enum Executed {
@@ -275,11 +275,11 @@ impl BlockRun<'_> {
             Err(e) => (Err(e.to_string()), Vec::new(), None),
             Ok(result) => {
                 let fee_credit = handler.fee_credit.get();
-                let writes = self.writes_of(&state, &reads, fee_credit);
+                let writes = self.writes_of(&state, &reads);
                 (Ok(result), writes, fee_credit)
             }
         };
-        let wrote_new_location = self.mv.record(idx, reads, writes);
+        let wrote_new_location = self.mv.record(idx, reads, writes, fee_credit);
         *self.outcomes[idx].lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Outcome { result, state, fee_credit });
         Executed::Done { wrote_new_location }
@@ -287,12 +287,7 @@ impl BlockRun<'_> {
 
     /// The multi-version writes of one incarnation: every value that differs from what the
     /// transaction read, with the same account-deletion rules the sequential commit applies.
-    fn writes_of(
-        &self,
-        state: &EvmState,
-        reads: &[(Location, Value)],
-        fee_credit: Option<U256>,
-    ) -> Vec<(Location, Value)> {
+    fn writes_of(&self, state: &EvmState, reads: &[(Location, Value)]) -> Vec<(Location, Value)> {
         let state_clear = self.env.spec().is_enabled_in(SpecId::SPURIOUS_DRAGON);
         let read = |location: Location| reads.iter().find(|(l, _)| *l == location).map(|(_, v)| *v);
         let mut writes = Vec::new();
@@ -343,12 +338,6 @@ impl BlockRun<'_> {
                     ));
                 }
             }
-        }
-        if let Some(credit) = fee_credit.filter(|c| !c.is_zero()) {
-            writes.push((
-                Location::Balance(self.env.block.beneficiary),
-                Value::BalanceCredit(credit),
-            ));
         }
         writes
     }
