@@ -88,6 +88,13 @@ struct DevArgs {
     /// CPU to pin the sequencer thread to (default: the last CPU on machines with 4 or more).
     #[arg(long)]
     sequencer_core: Option<usize>,
+    /// Block-STM worker threads executing each mini-block (default: all cores but two on
+    /// machines with 4 or more, else 1 = sequential).
+    #[arg(long)]
+    exec_threads: Option<usize>,
+    /// Smallest mini-block, in transactions, worth executing in parallel.
+    #[arg(long, default_value_t = strobe_engine::parallel::MIN_PARALLEL_TXS)]
+    parallel_min_txs: usize,
     /// Don't print the account list.
     #[arg(long)]
     quiet: bool,
@@ -187,6 +194,8 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         mini_block_gas_limit: (args.gas_limit / 10).max(30_000_000).min(args.gas_limit),
         beneficiary: args.beneficiary,
         sequencer_core: args.sequencer_core.or_else(default_sequencer_core),
+        exec_threads: args.exec_threads.unwrap_or_else(default_exec_threads).max(1),
+        parallel_min_txs: args.parallel_min_txs.max(1),
         ..ChainConfig::default()
     };
     let addr = format!("{}:{}", args.host, args.port);
@@ -227,6 +236,17 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
 fn default_sequencer_core() -> Option<usize> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     (cores >= 4).then(|| cores - 1)
+}
+
+/// Execution gets every core except the sequencer's and the network thread's; with fewer than four
+/// cores there is nothing left to run workers on, and mini-blocks execute sequentially.
+fn default_exec_threads() -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cores >= 4 {
+        cores - 2
+    } else {
+        1
+    }
 }
 
 fn dev_keys(mnemonic: &str, count: u32) -> Result<Vec<(Address, String)>, CliError> {

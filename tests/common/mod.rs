@@ -20,10 +20,21 @@ pub struct DevNode {
 }
 
 impl DevNode {
-    /// Starts `strobe dev --port 0` with extra args and waits for its RPC URL.
+    /// Starts `strobe dev --port 0` with extra args and waits for its RPC URL. Every mini-block
+    /// with a transaction runs through Block-STM (two workers), so these tests also check
+    /// parallel execution end to end.
     pub fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strobe"))
-            .args(["dev", "--port", "0", "--quiet"])
+            .args([
+                "dev",
+                "--port",
+                "0",
+                "--quiet",
+                "--exec-threads",
+                "2",
+                "--parallel-min-txs",
+                "1",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -133,7 +133,10 @@ def start_node(extra_args: Optional[list[str]] = None, timeout: Optional[float] 
         timeout = float(os.environ.get("STROBE_START_TIMEOUT", "60"))
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix=f"strobe-{port}-", suffix=".log")
-    args = [str(binary), "dev", "--port", str(port), "--host", "127.0.0.1"] + (extra_args or [])
+    # Every mini-block with a transaction runs through Block-STM (two workers), so the whole
+    # client-library suite doubles as an end-to-end check of parallel execution.
+    exec_args = ["--exec-threads", "2", "--parallel-min-txs", "1"]
+    args = [str(binary), "dev", "--port", str(port), "--host", "127.0.0.1"] + exec_args + (extra_args or [])
     proc = subprocess.Popen(args, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     os.close(log_fd)
     node = Node(proc=proc, port=port, log_path=Path(log_name))
