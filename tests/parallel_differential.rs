@@ -97,7 +97,7 @@ fn build(ops: &[Op], beneficiary: Address) -> (World, Vec<TxEnv>) {
                 w.swap(from, pair, zero_for_one, U256::from(amount))
             }
             Op::Create { from, salt, stored, value } => {
-                let salt = salt.map(|s| B256::with_last_byte(s));
+                let salt = salt.map(B256::with_last_byte);
                 w.create(from, salt, U256::from(stored), U256::from(value))
             }
             Op::CreateAndDestroy { from, value } => w.create_and_destroy(from, U256::from(value)),

@@ -160,7 +160,6 @@ impl ParallelExecutor {
             txs,
             outcomes: &outcomes,
         };
-        let t0 = std::time::Instant::now();
         match &self.pool {
             Some(pool) => {
                 pool.broadcast(|_| run.work());
@@ -168,16 +167,11 @@ impl ParallelExecutor {
             None => run.work(),
         }
         let stats = ExecStats { parallel: true, txs: n, incarnations: scheduler.executions() };
-        let t1 = std::time::Instant::now();
         let out = assemble(base, env, txs, outcomes);
-        let t2 = std::time::Instant::now();
         // Freeing thousands of small allocations is off the critical path: hand it to a worker.
         match &self.pool {
             Some(pool) => pool.spawn(move || drop((mv, scheduler))),
             None => drop((mv, scheduler)),
-        }
-        if std::env::var("STROBE_TIMING").is_ok() {
-            eprintln!("parallel {:?} assemble {:?} drop {:?}", t1 - t0, t2 - t1, t2.elapsed());
         }
         (out, stats)
     }

@@ -57,6 +57,10 @@ pub(crate) struct WorkerDb<'a> {
     base: ViewDb<'a>,
     idx: TxIdx,
     reads: Vec<(Location, Value)>,
+    /// This worker's private copies of the code it ran. Every transaction calling a hot
+    /// contract clones its code; cloning a shared copy would bounce the reference count's cache
+    /// line between cores on every call.
+    codes: alloy_primitives::map::HashMap<B256, Bytecode>,
 }
 
 impl WorkerDb<'_> {
@@ -64,11 +68,17 @@ impl WorkerDb<'_> {
         self.base.view.account(address)
     }
 
-    fn code(&self, code_hash: B256) -> Result<Bytecode, StoreError> {
-        match self.mv.code(&code_hash) {
-            Some(code) => Ok(code),
-            None => self.base.code_by_hash_ref(code_hash),
+    fn code(&mut self, code_hash: B256) -> Result<Bytecode, StoreError> {
+        if let Some(code) = self.codes.get(&code_hash) {
+            return Ok(code.clone());
         }
+        let shared = match self.mv.code(&code_hash) {
+            Some(code) => code,
+            None => self.base.code_by_hash_ref(code_hash)?,
+        };
+        let private = Bytecode::new_raw(shared.original_bytes().to_vec().into());
+        self.codes.insert(code_hash, private.clone());
+        Ok(private)
     }
 }
 
@@ -200,7 +210,13 @@ enum Executed {
 impl BlockRun<'_> {
     /// The worker loop: take tasks until the scheduler reports the block done.
     pub(crate) fn work(&self) {
-        let db = WorkerDb { mv: self.mv, base: self.base, idx: 0, reads: Vec::new() };
+        let db = WorkerDb {
+            mv: self.mv,
+            base: self.base,
+            idx: 0,
+            reads: Vec::new(),
+            codes: Default::default(),
+        };
         let mut evm = Context::mainnet()
             .with_db(db)
             .with_block(self.env.block.clone())
