@@ -10,10 +10,15 @@
 //! process. Each block, every worker builds one revm instance and reuses it for all the
 //! incarnations it runs. The calling thread (the sequencer) waits while they work.
 //!
-//! Adaptivity: Block-STM costs a little bookkeeping per read and write, and re-executions when
-//! transactions conflict. Small mini-blocks therefore run sequentially, and when a block's
-//! conflict rate explodes (more than [`CONFLICT_LIMIT`] incarnations per transaction) the next
-//! few blocks run sequentially too, with exponential back-off before trying parallel again.
+//! Adaptivity: Block-STM costs bookkeeping per read and write, and re-executions when
+//! transactions conflict; whether it pays depends on the machine (cores, caches), the
+//! transactions (cheap transfers or heavy contract calls) and how much they conflict. So the
+//! executor measures instead of guessing ([`AdaptivePolicy`]): mini-blocks below
+//! [`MIN_PARALLEL_TXS`] run sequentially; above it, it keeps a moving average of the wall time
+//! per unit of gas of each mode, runs the cheaper one, and re-measures the other every
+//! [`PROBE_INTERVAL`] blocks. A block whose conflict rate explodes (more than
+//! [`CONFLICT_LIMIT`] incarnations per transaction) also sends the next blocks to sequential
+//! execution, with exponential back-off, before its cost average has caught up.
 
 mod mv;
 mod scheduler;
@@ -34,6 +39,65 @@ pub const CONFLICT_LIMIT: f64 = 1.5;
 
 /// The longest run of mini-blocks executed sequentially after a conflicting one.
 pub const MAX_SEQUENTIAL_BACKOFF: u32 = 64;
+
+/// Every this many eligible mini-blocks, the mode currently judged slower runs once, so that its
+/// cost estimate follows changes in the workload.
+pub const PROBE_INTERVAL: u32 = 64;
+
+/// Weight of the newest block in the moving averages of cost per gas.
+const COST_SMOOTHING: f64 = 0.2;
+
+/// How [`ParallelExecutor::execute`] chooses between Block-STM and sequential execution.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdaptivePolicy {
+    /// Moving average of sequential wall time per gas (ns), once measured.
+    pub sequential_ns_per_gas: Option<f64>,
+    /// Moving average of Block-STM wall time per gas (ns), once measured.
+    pub parallel_ns_per_gas: Option<f64>,
+    blocks: u32,
+    sequential_left: u32,
+    backoff: u32,
+}
+
+impl AdaptivePolicy {
+    fn choose_parallel(&mut self) -> bool {
+        self.blocks = self.blocks.wrapping_add(1);
+        if self.sequential_left > 0 {
+            self.sequential_left -= 1;
+            return false;
+        }
+        let (seq, par) = match (self.sequential_ns_per_gas, self.parallel_ns_per_gas) {
+            (None, _) => return false,
+            (Some(_), None) => return true,
+            (Some(seq), Some(par)) => (seq, par),
+        };
+        let probe = self.blocks.is_multiple_of(PROBE_INTERVAL);
+        (par < seq) != probe
+    }
+
+    fn record(&mut self, parallel: bool, elapsed: std::time::Duration, gas: u64, stats: ExecStats) {
+        if gas > 0 {
+            let cost = elapsed.as_nanos() as f64 / gas as f64;
+            let slot = if parallel {
+                &mut self.parallel_ns_per_gas
+            } else {
+                &mut self.sequential_ns_per_gas
+            };
+            *slot = Some(match *slot {
+                Some(avg) => avg + COST_SMOOTHING * (cost - avg),
+                None => cost,
+            });
+        }
+        if parallel {
+            if stats.incarnations as f64 > CONFLICT_LIMIT * stats.txs as f64 {
+                self.backoff = (self.backoff * 2).clamp(1, MAX_SEQUENTIAL_BACKOFF);
+                self.sequential_left = self.backoff;
+            } else {
+                self.backoff = 0;
+            }
+        }
+    }
+}
 
 /// Errors creating a [`ParallelExecutor`].
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +129,7 @@ pub struct ParallelExecutor {
     threads: usize,
     pool: Option<rayon::ThreadPool>,
     min_parallel_txs: usize,
-    sequential_left: u32,
-    backoff: u32,
+    policy: AdaptivePolicy,
     last: ExecStats,
 }
 
@@ -99,8 +162,7 @@ impl ParallelExecutor {
             threads,
             pool,
             min_parallel_txs: MIN_PARALLEL_TXS,
-            sequential_left: 0,
-            backoff: 0,
+            policy: AdaptivePolicy::default(),
             last: ExecStats::default(),
         })
     }
@@ -120,22 +182,31 @@ impl ParallelExecutor {
         self.last
     }
 
+    /// The adaptive policy's current estimates.
+    pub fn policy(&self) -> AdaptivePolicy {
+        self.policy
+    }
+
     /// Executes `txs` over `base`, in parallel when that pays, sequentially otherwise. The
     /// output is the sequential one in either case.
     pub fn execute(&mut self, base: ViewDb<'_>, env: &ExecEnv, txs: &[TxEnv]) -> BlockOutput {
         let n = txs.len();
-        if self.pool.is_none() || n < self.min_parallel_txs || self.sequential_left > 0 {
-            self.sequential_left = self.sequential_left.saturating_sub(1);
+        if self.pool.is_none() || n < self.min_parallel_txs {
             self.last = ExecStats { parallel: false, txs: n, incarnations: n };
             return execute_sequential(base, env, txs);
         }
-        let (output, stats) = self.execute_block_stm(base, env, txs);
-        if stats.incarnations as f64 > CONFLICT_LIMIT * n as f64 {
-            self.backoff = (self.backoff * 2).clamp(1, MAX_SEQUENTIAL_BACKOFF);
-            self.sequential_left = self.backoff;
+        let parallel = self.policy.choose_parallel();
+        let started = std::time::Instant::now();
+        let (output, stats) = if parallel {
+            self.execute_block_stm(base, env, txs)
         } else {
-            self.backoff = 0;
-        }
+            (
+                execute_sequential(base, env, txs),
+                ExecStats { parallel: false, txs: n, incarnations: n },
+            )
+        };
+        let gas: u64 = output.results.iter().flatten().map(|r| r.gas_used).sum();
+        self.policy.record(parallel, started.elapsed(), gas, stats);
         self.last = stats;
         output
     }
@@ -208,4 +279,54 @@ fn assemble(
         }
     }
     BlockOutput { results, diff: overlay.into_diff() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stats(parallel: bool, txs: usize, incarnations: usize) -> ExecStats {
+        ExecStats { parallel, txs, incarnations }
+    }
+
+    #[test]
+    fn policy_measures_both_modes_then_runs_the_cheaper_and_probes_the_other() {
+        let mut p = AdaptivePolicy::default();
+        assert!(!p.choose_parallel(), "sequential is measured first");
+        p.record(false, Duration::from_micros(100), 1_000, stats(false, 10, 10));
+        assert!(p.choose_parallel(), "then Block-STM");
+        p.record(true, Duration::from_micros(50), 1_000, stats(true, 10, 10));
+        let runs: Vec<bool> = (0..PROBE_INTERVAL * 2).map(|_| p.choose_parallel()).collect();
+        assert_eq!(
+            runs.iter().filter(|parallel| !**parallel).count(),
+            2,
+            "only probes run sequential"
+        );
+        // Block-STM turns slow: the average moves and sequential takes over.
+        for _ in 0..20 {
+            p.record(true, Duration::from_micros(400), 1_000, stats(true, 10, 10));
+        }
+        let runs: Vec<bool> = (0..PROBE_INTERVAL).map(|_| p.choose_parallel()).collect();
+        assert_eq!(
+            runs.iter().filter(|parallel| **parallel).count(),
+            1,
+            "only the probe is parallel"
+        );
+    }
+
+    #[test]
+    fn exploding_conflicts_back_off_exponentially() {
+        let mut p = AdaptivePolicy::default();
+        p.record(false, Duration::from_micros(100), 1_000, stats(false, 10, 10));
+        p.record(true, Duration::from_micros(10), 1_000, stats(true, 10, 10));
+        assert!(p.choose_parallel());
+        p.record(true, Duration::from_micros(10), 1_000, stats(true, 10, 40));
+        assert!(!p.choose_parallel(), "one sequential block after the first conflict storm");
+        assert!(p.choose_parallel());
+        p.record(true, Duration::from_micros(10), 1_000, stats(true, 10, 40));
+        assert!(!p.choose_parallel());
+        assert!(!p.choose_parallel(), "two after the second");
+        assert!(p.choose_parallel());
+    }
 }
