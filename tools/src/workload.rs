@@ -115,7 +115,14 @@ impl World {
             code.extend_from_slice(&(tokens[0], tokens[1]).abi_encode_params());
             Bytes::from(code)
         };
-        let mut deploy = vec![
+        // Every deployer transaction takes the deployer's next nonce.
+        let mut deployer_nonce = 0;
+        let mut from_deployer = |kind: TxKind, data: Bytes, gas: u64| {
+            let tx = raw_tx(deployer, deployer_nonce, kind, U256::ZERO, data, gas);
+            deployer_nonce += 1;
+            tx
+        };
+        let mut deploy: Vec<TxEnv> = [
             creation_code("Token"),
             creation_code("Token"),
             pair_code(0),
@@ -124,35 +131,15 @@ impl World {
             creation_code("Probe"),
         ]
         .into_iter()
-        .enumerate()
-        .map(|(nonce, code)| {
-            raw_tx(deployer, nonce as u64, TxKind::Create, U256::ZERO, code, 5_000_000)
-        })
-        .collect::<Vec<_>>();
-        let mut deployer_nonce = deploy.len() as u64;
+        .map(|code| from_deployer(TxKind::Create, code, 5_000_000))
+        .collect();
         // Liquidity for both pools comes from the deployer.
         for token in tokens {
             let data = mintCall { to: deployer, value: U256::from(START_TOKENS) * U256::from(4) };
-            deploy.push(raw_tx(
-                deployer,
-                deployer_nonce,
-                TxKind::Call(token),
-                U256::ZERO,
-                data.abi_encode().into(),
-                200_000,
-            ));
-            deployer_nonce += 1;
+            deploy.push(from_deployer(TxKind::Call(token), data.abi_encode().into(), 200_000));
             for pair in pairs {
                 let data = approveCall { spender: pair, value: U256::MAX };
-                deploy.push(raw_tx(
-                    deployer,
-                    deployer_nonce,
-                    TxKind::Call(token),
-                    U256::ZERO,
-                    data.abi_encode().into(),
-                    200_000,
-                ));
-                deployer_nonce += 1;
+                deploy.push(from_deployer(TxKind::Call(token), data.abi_encode().into(), 200_000));
             }
         }
         for pair in pairs {
@@ -160,15 +147,7 @@ impl World {
                 amount0: U256::from(START_TOKENS),
                 amount1: U256::from(START_TOKENS),
             };
-            deploy.push(raw_tx(
-                deployer,
-                deployer_nonce,
-                TxKind::Call(pair),
-                U256::ZERO,
-                data.abi_encode().into(),
-                500_000,
-            ));
-            deployer_nonce += 1;
+            deploy.push(from_deployer(TxKind::Call(pair), data.abi_encode().into(), 500_000));
         }
         world.run_setup(&mut store, deploy);
         let mut setup = Vec::new();
@@ -176,15 +155,7 @@ impl World {
             let who = world.accounts[i];
             for token in tokens {
                 let data = mintCall { to: who, value: U256::from(START_TOKENS) };
-                setup.push(raw_tx(
-                    deployer,
-                    deployer_nonce,
-                    TxKind::Call(token),
-                    U256::ZERO,
-                    data.abi_encode().into(),
-                    200_000,
-                ));
-                deployer_nonce += 1;
+                setup.push(from_deployer(TxKind::Call(token), data.abi_encode().into(), 200_000));
                 for pair in pairs {
                     let data = approveCall { spender: pair, value: U256::MAX };
                     setup.push(world.call(i, token, U256::ZERO, data.abi_encode().into(), 100_000));

@@ -166,14 +166,15 @@ impl<'a> Handler for LazyFeeHandler<'a> {
         // Pay in place when the transaction already holds the beneficiary (its balance is read
         // anyway), when fees are off, and before Spurious Dragon, where even a zero payment
         // creates an empty account that later gas costs depend on.
+        let fee = fee(ctx, exec_result);
         let pay_in_place = ctx.cfg.is_fee_charge_disabled()
             || ctx.journaled_state.inner.state.contains_key(&beneficiary)
-            || !spec.is_enabled_in(SpecId::SPURIOUS_DRAGON) && fee(ctx, exec_result).is_zero();
+            || !spec.is_enabled_in(SpecId::SPURIOUS_DRAGON) && fee.is_zero();
         if pay_in_place {
             return post_execution::reward_beneficiary(&mut evm.ctx, exec_result.gas())
                 .map_err(From::from);
         }
-        self.fee_credit.set(Some(fee(ctx, exec_result)));
+        self.fee_credit.set(Some(fee));
         Ok(())
     }
 }
