@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod diff;
+mod frame;
 mod memory;
 mod root;
 
