@@ -14,6 +14,9 @@
 
 mod diff;
 mod frame;
+mod mapped;
+mod table;
+mod tree;
 mod memory;
 mod root;
 

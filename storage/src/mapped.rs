@@ -1,0 +1,138 @@
+//! A file mapped into memory read-write, grown on demand.
+//!
+//! This is the only place the store touches `mmap`. Writes through the map are not durable until
+//! [`MappedFile::flush`]; durability comes from the write-ahead log and the checkpoint protocol
+//! (see `persistent.rs`), never from the kernel's own write-back.
+
+use memmap2::{MmapMut, MmapOptions};
+use std::{
+    fs::{File, OpenOptions},
+    path::{Path, PathBuf},
+};
+
+/// Smallest mapped length: mapping an empty file is an error on Linux.
+const MIN_MAP_BYTES: u64 = 4096;
+
+/// An I/O failure on a named file.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FileError {
+    /// What was being done.
+    pub op: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// The operating system's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub(crate) fn file_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
+    let path = path.to_path_buf();
+    move |source| FileError { op, path, source }
+}
+
+/// A read-write memory map over a whole file.
+pub(crate) struct MappedFile {
+    file: File,
+    map: MmapMut,
+    path: PathBuf,
+}
+
+impl MappedFile {
+    /// Opens (creating) `path` and maps it, growing it to at least `min_len` bytes.
+    pub(crate) fn open(path: &Path, min_len: u64) -> Result<Self, FileError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(file_error("open", path))?;
+        let len = file.metadata().map_err(file_error("stat", path))?.len();
+        let want = len.max(min_len).max(MIN_MAP_BYTES);
+        if want > len {
+            file.set_len(want).map_err(file_error("grow", path))?;
+        }
+        let map = map(&file, path)?;
+        Ok(Self { file, map, path: path.to_path_buf() })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The mapped bytes, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Current file length.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Grows the file (doubling, so growth is amortised) until it holds `len` bytes, and maps
+    /// the new length. Existing contents are kept; new bytes read as zero.
+    pub(crate) fn ensure_len(&mut self, len: u64) -> Result<(), FileError> {
+        if len <= self.len() {
+            return Ok(());
+        }
+        let mut new_len = self.len().max(MIN_MAP_BYTES);
+        while new_len < len {
+            new_len *= 2;
+        }
+        self.file.set_len(new_len).map_err(file_error("grow", &self.path))?;
+        self.map = map(&self.file, &self.path)?;
+        Ok(())
+    }
+
+    /// Writes dirty pages back (msync) and the file's metadata (fsync).
+    pub(crate) fn flush(&self) -> Result<(), FileError> {
+        self.map.flush().map_err(file_error("msync", &self.path))?;
+        self.file.sync_all().map_err(file_error("fsync", &self.path))
+    }
+
+    /// Cuts or extends the file to exactly `len` bytes (rollback after a crash).
+    pub(crate) fn set_len(&mut self, len: u64) -> Result<(), FileError> {
+        let len = len.max(MIN_MAP_BYTES);
+        self.file.set_len(len).map_err(file_error("resize", &self.path))?;
+        self.map = map(&self.file, &self.path)?;
+        Ok(())
+    }
+}
+
+fn map(file: &File, path: &Path) -> Result<MmapMut, FileError> {
+    // SAFETY: the mapped file lives in a datadir that this process holds an exclusive lock on
+    // (`LOCK`, taken before any file is opened), so no other process truncates or writes it
+    // while it is mapped; this process only changes its length through `ensure_len`/`set_len`,
+    // which take `&mut self` and replace the map, so no reference into the old map survives.
+    unsafe { MmapOptions::new().map_mut(file) }.map_err(file_error("mmap", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_keeps_contents_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = MappedFile::open(&path, 10).unwrap();
+        assert_eq!(f.len(), MIN_MAP_BYTES);
+        f.bytes_mut()[..3].copy_from_slice(b"abc");
+        f.ensure_len(3 * MIN_MAP_BYTES).unwrap();
+        assert_eq!(f.len(), 4 * MIN_MAP_BYTES);
+        f.bytes_mut()[4 * MIN_MAP_BYTES as usize - 1] = 7;
+        assert_eq!(&f.bytes()[..3], b"abc");
+        f.flush().unwrap();
+        drop(f);
+        let f = MappedFile::open(&path, 0).unwrap();
+        assert_eq!(&f.bytes()[..3], b"abc");
+        assert_eq!(f.bytes()[4 * MIN_MAP_BYTES as usize - 1], 7);
+        let mut f = f;
+        f.set_len(MIN_MAP_BYTES).unwrap();
+        assert_eq!(f.len(), MIN_MAP_BYTES);
+        assert_eq!(&f.bytes()[..3], b"abc");
+    }
+}
