@@ -7,22 +7,40 @@
 //! Threads: [`StateStore::apply`] runs on the sequencer (commit) thread only. Views are `Send +
 //! Sync` and are read concurrently by any number of network threads.
 //!
-//! The in-memory store ([`MemoryStore`]) keeps the state in persistent (structurally shared) maps, so
-//! a view of any mini-block is an O(1) clone and old views stay valid while the chain moves on. The
-//! memory-mapped store with a write-ahead log replaces it behind the same trait.
+//! Two stores implement [`StateStore`]:
+//! - [`PersistentStore`]: memory-mapped bucket tables of `Pod` records with a SALT-shaped keccak
+//!   commitment ([`StateProof`]s), checkpointed at each EVM block through a rollback journal, with
+//!   an in-memory layer of the changes since and multi-version reads for older views. Together
+//!   with the write-ahead log ([`Wal`]) and the block store ([`ChainStore`]) it makes a node
+//!   survive restarts and crashes.
+//! - [`MemoryStore`]: persistent (structurally shared) maps with an Ethereum MPT root, for tests,
+//!   tools and embedders that want no files.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod chain_store;
+mod checkpoint;
+mod code;
 mod diff;
 mod frame;
 mod mapped;
+mod memory;
+mod persistent;
+mod proof;
+mod root;
 mod table;
 mod tree;
-mod memory;
-mod root;
+mod wal;
 
+pub use chain_store::{BlockRecord, ChainStore, ChainStoreError, ChainStoreOptions};
 pub use diff::{AccountChange, AccountState, StateDiff};
+pub use code::CodeFileError;
+pub use mapped::FileError;
 pub use memory::{MemoryStore, MemoryView, ViewDb};
+pub use persistent::{PersistentStore, PersistentView, StoreOptions, StoreStats};
+pub use proof::{state_root_of, BucketProof, ProofError, StateProof};
+pub use table::bucket_of;
 pub use root::{state_root, StorageRootCache};
+pub use wal::{Wal, WalError, WalOptions, WalRecord};
 
 use alloy_primitives::{Address, B256, U256};
 use revm::bytecode::Bytecode;
@@ -34,6 +52,24 @@ pub enum StoreError {
     /// The store was asked for code it does not hold: the state is inconsistent.
     #[error("code with hash {0} is missing from the store")]
     MissingCode(B256),
+    /// A file operation failed; the store stops rather than retry.
+    #[error("state store I/O: {0}")]
+    File(#[from] FileError),
+    /// The checkpoint header could not be used.
+    #[error("state store header: {0}")]
+    Header(#[from] checkpoint::HeaderError),
+    /// The code file is damaged.
+    #[error("state store code file: {0}")]
+    Code(#[from] CodeFileError),
+    /// The store's files contradict each other.
+    #[error("state store is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another process")]
+    InUse(std::path::PathBuf),
+    /// Options out of range.
+    #[error("state store options: {0}")]
+    Options(String),
 }
 
 impl revm::database_interface::DBErrorMarker for StoreError {}
@@ -49,6 +85,11 @@ pub trait StateView: Send + Sync {
     fn storage(&self, address: &Address, slot: &U256) -> U256;
     /// The bytecode with hash `code_hash`, if known.
     fn code(&self, code_hash: &B256) -> Option<Bytecode>;
+    /// A proof of `address` and its `slots` against the state root of this state, when the store
+    /// keeps a commitment and this view is the state at the end of the newest sealed block.
+    fn proof(&self, _address: &Address, _slots: &[U256]) -> Result<StateProof, ProofError> {
+        Err(ProofError::Unavailable)
+    }
 }
 
 /// The writable state store the sequencer commits into.
@@ -59,6 +100,7 @@ pub trait StateStore: Send {
     fn apply(&mut self, diff: &StateDiff) -> Result<(), StoreError>;
     /// A view of the state after the last applied diff.
     fn view(&self) -> Arc<dyn StateView>;
-    /// The Ethereum state root (Merkle Patricia trie) of the current state.
-    fn state_root(&mut self) -> B256;
+    /// Ends EVM block `block`, whose last mini-block is `next_seq - 1`: commits what was applied
+    /// (a persistent store checkpoints) and returns the state root for the block's header.
+    fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError>;
 }

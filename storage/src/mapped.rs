@@ -92,14 +92,6 @@ impl MappedFile {
         self.map.flush().map_err(file_error("msync", &self.path))?;
         self.file.sync_all().map_err(file_error("fsync", &self.path))
     }
-
-    /// Cuts or extends the file to exactly `len` bytes (rollback after a crash).
-    pub(crate) fn set_len(&mut self, len: u64) -> Result<(), FileError> {
-        let len = len.max(MIN_MAP_BYTES);
-        self.file.set_len(len).map_err(file_error("resize", &self.path))?;
-        self.map = map(&self.file, &self.path)?;
-        Ok(())
-    }
 }
 
 fn map(file: &File, path: &Path) -> Result<MmapMut, FileError> {
@@ -130,9 +122,5 @@ mod tests {
         let f = MappedFile::open(&path, 0).unwrap();
         assert_eq!(&f.bytes()[..3], b"abc");
         assert_eq!(f.bytes()[4 * MIN_MAP_BYTES as usize - 1], 7);
-        let mut f = f;
-        f.set_len(MIN_MAP_BYTES).unwrap();
-        assert_eq!(f.len(), MIN_MAP_BYTES);
-        assert_eq!(&f.bytes()[..3], b"abc");
     }
 }

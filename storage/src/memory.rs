@@ -158,7 +158,14 @@ impl StateStore for MemoryStore {
         Arc::new(self.current.clone())
     }
 
-    fn state_root(&mut self) -> B256 {
+    fn commit(&mut self, _next_seq: u64, _block: u64) -> Result<B256, StoreError> {
+        Ok(self.state_root())
+    }
+}
+
+impl MemoryStore {
+    /// The Ethereum state root (Merkle Patricia trie) of the current state.
+    pub fn state_root(&mut self) -> B256 {
         let accounts = &self.current.accounts;
         root::state_root(
             accounts.iter().map(|(a, e)| (*a, e.info, e.storage.iter().map(|(k, v)| (*k, *v)))),

@@ -237,11 +237,6 @@ impl<R: Record> Table<R> {
         tree::read_node(self.tree.bytes(), top)
     }
 
-    /// The hash of every bucket (level 0 of the tree).
-    pub(crate) fn bucket_hash(&self, bucket: u64) -> Hash {
-        tree::read_node(self.tree.bytes(), bucket)
-    }
-
     /// The sibling path of `bucket`.
     pub(crate) fn siblings(&self, bucket: u64) -> Vec<[Hash; 3]> {
         tree::siblings(self.tree.bytes(), self.log2_buckets, bucket)
@@ -377,12 +372,6 @@ impl<R: Record> Table<R> {
         self.dir.flush()?;
         self.dat.flush()?;
         self.tree.flush()
-    }
-
-    /// Resets the bookkeeping to a checkpoint's (after a rollback).
-    pub(crate) fn reset(&mut self, used_records: u64, count: u64) {
-        self.used_records = used_records;
-        self.count = count;
     }
 }
 

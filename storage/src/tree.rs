@@ -157,6 +157,7 @@ pub(crate) fn fold(bucket: u64, bucket_hash: Hash, siblings: &[[Hash; 3]]) -> Ha
 
 /// The root of a tree computed from scratch over every bucket hash (the reference the
 /// incremental [`update`] is tested against).
+#[cfg(test)]
 pub(crate) fn naive_root(bucket_hashes: &[Hash]) -> Hash {
     let mut level = bucket_hashes.to_vec();
     while level.len() > 1 {

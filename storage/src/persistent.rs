@@ -1,0 +1,598 @@
+//! The persistent state store: memory-mapped tables (`table.rs`) under an in-memory layer of the
+//! changes since the last checkpoint, with multi-version reads for views of older mini-blocks.
+//!
+//! Writes: each mini-block's [`StateDiff`] goes into the in-memory [`Overlay`] (persistent maps, so
+//! a view is an O(1) snapshot); the write-ahead log, owned by the caller, makes it durable. At each
+//! EVM block end, [`PersistentStore::commit`] checkpoints: it plans the overlay's changes into both
+//! tables (rebuilding only the touched buckets, hashing them and their tree paths in parallel),
+//! journals the pre-images, writes the tables in place, msyncs, and writes the checksummed header
+//! (`checkpoint.rs`). The result is the state root of that block.
+//!
+//! Reads: a [`PersistentView`] reads its own overlay, then the base tables. A view taken before a
+//! checkpoint must not see the values that checkpoint wrote, so every checkpoint first publishes
+//! an [`Undo`] layer (the old value of every key it changes) on the view's [`Epoch`], then takes
+//! the tables' write lock. A reader walks the undo layers of its epoch and every later one before
+//! the tables, all under the read lock, so it sees either the undo layer or the untouched table.
+//! Undo layers live exactly as long as some view of their epoch does.
+//!
+//! Threads: the commit thread is the only writer; views are read from any thread. The write lock
+//! is held only while the planned bytes are copied into the maps (measured in BENCHMARKS.md).
+
+use crate::{
+    checkpoint::{self, Header, HeaderFile, PreImage},
+    code::CodeFile,
+    proof::{self, bucket_proof, decode_account, encode_account, slot_key, StateProof},
+    table::{AccountRecord, SlotRecord, Table, TableFile, TablePlan},
+    AccountState, StateDiff, StateStore, StateView, StoreError,
+};
+use alloy_primitives::{map::HashMap, Address, B256, U256};
+use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock, RwLock, RwLockReadGuard},
+};
+
+/// Shape of a new store (ignored when opening an existing one).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// log2 of the number of account buckets (even; the tree has fan-out 4).
+    pub accounts_log2_buckets: u32,
+    /// log2 of the number of storage buckets (even).
+    pub slots_log2_buckets: u32,
+}
+
+impl Default for StoreOptions {
+    /// 65,536 account buckets and 262,144 storage buckets: a few MiB of files for a dev chain,
+    /// and buckets of a few records for a few hundred thousand keys. Size them to the state
+    /// (`strobe-tools state-gen` picks them from the account count).
+    fn default() -> Self {
+        Self { accounts_log2_buckets: 16, slots_log2_buckets: 18 }
+    }
+}
+
+impl StoreOptions {
+    /// Bucket counts that keep about two records per bucket for `keys` keys.
+    pub fn log2_buckets_for(keys: u64) -> u32 {
+        let mut log2 = 8;
+        while (1u64 << log2) * 2 < keys && log2 < 32 {
+            log2 += 2;
+        }
+        log2
+    }
+}
+
+const ACCOUNTS: &str = "accounts";
+const SLOTS: &str = "slots";
+/// File numbers in the journal: three per table, in `TableFile` order.
+const ACCOUNTS_FILE_BASE: u8 = 0;
+const SLOTS_FILE_BASE: u8 = 3;
+
+/// Changes since the last checkpoint, as persistent maps.
+#[derive(Clone, Default)]
+struct Overlay {
+    accounts: imbl::HashMap<Address, Option<AccountState>>,
+    storage: imbl::HashMap<Address, imbl::HashMap<U256, U256>>,
+    wiped: imbl::HashSet<Address>,
+    codes: imbl::HashMap<B256, Bytecode>,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.codes.is_empty()
+    }
+
+    fn apply(&mut self, diff: &StateDiff) {
+        for (hash, code) in &diff.codes {
+            self.codes.insert(*hash, code.clone());
+        }
+        for change in &diff.accounts {
+            self.accounts.insert(change.address, change.info);
+            if change.storage_cleared || change.info.is_none() {
+                self.wiped.insert(change.address);
+                self.storage.insert(change.address, imbl::HashMap::new());
+            }
+            if !change.storage.is_empty() {
+                let slots = self.storage.entry(change.address).or_default();
+                for (slot, value) in &change.storage {
+                    slots.insert(*slot, *value);
+                }
+            }
+        }
+    }
+}
+
+/// Old values of the keys one checkpoint overwrote.
+#[derive(Default)]
+struct Undo {
+    accounts: HashMap<Address, Option<AccountState>>,
+    slots: HashMap<(Address, U256), U256>,
+}
+
+/// The span between two checkpoints. Views hold their epoch; each checkpoint links the next.
+#[derive(Default)]
+struct Epoch {
+    undo: OnceLock<Undo>,
+    next: OnceLock<Arc<Epoch>>,
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // Unlink the chain iteratively so dropping a long one cannot overflow the stack.
+        let mut next = self.next.take();
+        while let Some(e) = next {
+            next = match Arc::try_unwrap(e) {
+                Ok(mut e) => e.next.take(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+struct Tables {
+    accounts: Table<AccountRecord>,
+    slots: Table<SlotRecord>,
+    code: CodeFile,
+}
+
+struct Base {
+    tables: RwLock<Tables>,
+}
+
+impl Base {
+    fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        // A writer that panicked mid-checkpoint leaves the maps as they were on disk before the
+        // header was written; the node stops anyway, and reopening rolls them back.
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn account(&self, epoch: &Epoch, address: &Address) -> Option<AccountState> {
+        let tables = self.read();
+        let mut e = epoch;
+        loop {
+            if let Some(v) = e.undo.get().and_then(|u| u.accounts.get(address)) {
+                return *v;
+            }
+            match e.next.get() {
+                Some(n) => e = n,
+                None => break,
+            }
+        }
+        tables.accounts.get(&address.0 .0).map(|r| decode_account(&r))
+    }
+
+    fn slot(&self, epoch: &Epoch, address: &Address, slot: &U256) -> U256 {
+        let tables = self.read();
+        let mut e = epoch;
+        loop {
+            if let Some(v) = e.undo.get().and_then(|u| u.slots.get(&(*address, *slot))) {
+                return *v;
+            }
+            match e.next.get() {
+                Some(n) => e = n,
+                None => break,
+            }
+        }
+        tables
+            .slots
+            .get(&slot_key(address, slot))
+            .map(|r| U256::from_be_bytes(r.value))
+            .unwrap_or_default()
+    }
+}
+
+/// A consistent view of the persistent state as of one mini-block.
+#[derive(Clone)]
+pub struct PersistentView {
+    overlay: Overlay,
+    epoch: Arc<Epoch>,
+    base: Arc<Base>,
+}
+
+impl StateView for PersistentView {
+    fn account(&self, address: &Address) -> Option<AccountState> {
+        match self.overlay.accounts.get(address) {
+            Some(a) => *a,
+            None => self.base.account(&self.epoch, address),
+        }
+    }
+
+    fn storage(&self, address: &Address, slot: &U256) -> U256 {
+        if let Some(v) = self.overlay.storage.get(address).and_then(|s| s.get(slot)) {
+            return *v;
+        }
+        if self.overlay.wiped.contains(address) {
+            return U256::ZERO;
+        }
+        self.base.slot(&self.epoch, address, slot)
+    }
+
+    fn code(&self, code_hash: &B256) -> Option<Bytecode> {
+        if *code_hash == KECCAK_EMPTY {
+            return Some(Bytecode::default());
+        }
+        if let Some(c) = self.overlay.codes.get(code_hash) {
+            return Some(c.clone());
+        }
+        match self.base.read().code.get(code_hash) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%e, "reading contract code failed");
+                None
+            }
+        }
+    }
+
+    fn proof(&self, address: &Address, slots: &[U256]) -> Result<StateProof, proof::ProofError> {
+        if !self.overlay.is_empty() {
+            return Err(proof::ProofError::Unavailable);
+        }
+        let tables = self.base.read();
+        if self.epoch.next.get().is_some() {
+            return Err(proof::ProofError::Unavailable);
+        }
+        Ok(StateProof {
+            accounts_root: B256::from(tables.accounts.root()),
+            slots_root: B256::from(tables.slots.root()),
+            account: bucket_proof(&tables.accounts, address.as_slice()),
+            storage: slots
+                .iter()
+                .map(|s| (*s, bucket_proof(&tables.slots, &slot_key(address, s))))
+                .collect(),
+        })
+    }
+}
+
+/// Counts and sizes of a store, for `strobe db stats`.
+#[derive(Clone, Debug)]
+pub struct StoreStats {
+    /// Accounts in the tables (as of the last checkpoint).
+    pub accounts: u64,
+    /// Storage slots in the tables.
+    pub slots: u64,
+    /// Distinct contract codes.
+    pub codes: u64,
+    /// Bytes of the account table files.
+    pub accounts_bytes: u64,
+    /// Bytes of the storage table files.
+    pub slots_bytes: u64,
+    /// Bytes of the code file.
+    pub code_bytes: u64,
+    /// log2 of the account and storage bucket counts.
+    pub log2_buckets: (u32, u32),
+    /// The last checkpoint's block, next mini-block sequence number and root.
+    pub block: u64,
+    /// Sequence number of the first mini-block not in the tables.
+    pub next_seq: u64,
+    /// State root at the last checkpoint.
+    pub root: B256,
+}
+
+/// The persistent [`StateStore`].
+pub struct PersistentStore {
+    dir: PathBuf,
+    base: Arc<Base>,
+    header_file: HeaderFile,
+    header: Header,
+    checkpointed: bool,
+    overlay: Overlay,
+    epoch: Arc<Epoch>,
+    _lock: File,
+    /// Test hook: the next checkpoint stops after this many table writes, as if killed.
+    #[cfg(test)]
+    crash_after_writes: Option<usize>,
+}
+
+impl PersistentStore {
+    /// Opens the store in `dir` (creating it with `options` if empty), rolling back a checkpoint
+    /// that a crash interrupted. The caller replays its write-ahead log from [`Self::next_seq`].
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        for log2 in [options.accounts_log2_buckets, options.slots_log2_buckets] {
+            if log2 % 2 != 0 || !(2..=40).contains(&log2) {
+                return Err(StoreError::Options(format!(
+                    "bucket counts must be 4^k with 1 <= k <= 20, got 2^{log2}"
+                )));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(crate::mapped::file_error("create", dir))?;
+        let lock = lock_dir(dir)?;
+        let (header_file, header) = HeaderFile::open(&dir.join("HEADER"))?;
+        let checkpointed = header.is_some();
+        let header = header.unwrap_or(Header {
+            accounts_log2: options.accounts_log2_buckets,
+            slots_log2: options.slots_log2_buckets,
+            ..Default::default()
+        });
+        let journal = dir.join("journal");
+        let rollback = match checkpoint::read_journal(&journal)? {
+            Some((generation, images)) if generation == header.generation => images,
+            _ => Vec::new(),
+        };
+        let mut accounts = Table::open(dir, ACCOUNTS, header.accounts_log2, header.accounts_used, header.accounts_count)?;
+        let mut slots = Table::open(dir, SLOTS, header.slots_log2, header.slots_used, header.slots_count)?;
+        if !rollback.is_empty() {
+            tracing::warn!(images = rollback.len(), "rolling back an interrupted checkpoint");
+            for p in &rollback {
+                let (table_file, base) = table_file(p.file).ok_or(StoreError::Corrupt("journal names an unknown file"))?;
+                if base == ACCOUNTS_FILE_BASE {
+                    accounts.write(table_file, p.offset, &p.bytes)?;
+                } else {
+                    slots.write(table_file, p.offset, &p.bytes)?;
+                }
+            }
+            accounts.flush()?;
+            slots.flush()?;
+        }
+        checkpoint::remove_journal(&journal)?;
+        let code = CodeFile::open(&dir.join("code.dat"), header.code_len)?;
+        if checkpointed && B256::from(header.root) != root_of(&accounts, &slots) {
+            return Err(StoreError::Corrupt("the tables' root differs from the checkpoint's"));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            base: Arc::new(Base { tables: RwLock::new(Tables { accounts, slots, code }) }),
+            header_file,
+            header,
+            checkpointed,
+            overlay: Overlay::default(),
+            epoch: Arc::new(Epoch::default()),
+            _lock: lock,
+            #[cfg(test)]
+            crash_after_writes: None,
+        })
+    }
+
+    /// Whether the store has no checkpoint yet (a new datadir).
+    pub fn is_new(&self) -> bool {
+        !self.checkpointed
+    }
+
+    /// Sequence number of the first mini-block the tables do not contain: the write-ahead log is
+    /// replayed from here.
+    pub fn next_seq(&self) -> u64 {
+        self.header.next_seq
+    }
+
+    /// The EVM block of the last checkpoint.
+    pub fn checkpoint_block(&self) -> u64 {
+        self.header.block
+    }
+
+    /// The state root at the last checkpoint.
+    pub fn checkpoint_root(&self) -> B256 {
+        B256::from(self.header.root)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> StoreStats {
+        let t = self.base.read();
+        StoreStats {
+            accounts: t.accounts.count(),
+            slots: t.slots.count(),
+            codes: t.code.count() as u64,
+            accounts_bytes: t.accounts.file_bytes(),
+            slots_bytes: t.slots.file_bytes(),
+            code_bytes: t.code.len(),
+            log2_buckets: (t.accounts.log2_buckets(), t.slots.log2_buckets()),
+            block: self.header.block,
+            next_seq: self.header.next_seq,
+            root: B256::from(self.header.root),
+        }
+    }
+
+    /// A concrete view of the current state.
+    pub fn snapshot(&self) -> PersistentView {
+        PersistentView { overlay: self.overlay.clone(), epoch: self.epoch.clone(), base: self.base.clone() }
+    }
+
+    /// Checkpoints everything applied so far as the state at the end of EVM block `block`, whose
+    /// last mini-block is `next_seq - 1`, and returns the state root.
+    pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        let tables = self.base.read();
+        let slot_plan = tables.slots.plan(self.slot_changes(&tables));
+        let mut slot_delta: HashMap<Address, i64> = HashMap::default();
+        for (key, was, is) in &slot_plan.presence {
+            let d = *is as i64 - *was as i64;
+            if d != 0 {
+                *slot_delta.entry(Address::from_slice(&key[..20])).or_default() += d;
+            }
+        }
+        let mut addresses: Vec<Address> = self.overlay.accounts.keys().copied().collect();
+        addresses.extend(slot_delta.keys().filter(|a| !self.overlay.accounts.contains_key(*a)));
+        let mut account_changes = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let stored = tables.accounts.get(&address.0 .0);
+            let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
+            let count = (count as i64 + slot_delta.get(&address).copied().unwrap_or(0)) as u64;
+            let info = match self.overlay.accounts.get(&address) {
+                Some(info) => *info,
+                None => stored.map(|r| decode_account(&r)),
+            };
+            if info.is_none() && count != 0 {
+                return Err(StoreError::Corrupt("a deleted account would keep storage slots"));
+            }
+            account_changes.push((address.0 .0, info.map(|i| encode_account(&address, &i, count))));
+        }
+        let account_plan = tables.accounts.plan(account_changes);
+        let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
+        let mut images = pre_images(&tables.accounts, &account_plan, ACCOUNTS_FILE_BASE);
+        images.extend(pre_images(&tables.slots, &slot_plan, SLOTS_FILE_BASE));
+        let codes: Vec<(B256, Bytecode)> = self
+            .overlay
+            .codes
+            .iter()
+            .filter(|(h, _)| !tables.code.contains(h))
+            .map(|(h, c)| (*h, c.clone()))
+            .collect();
+        drop(tables);
+
+        // Views of this epoch keep seeing the old values from here on.
+        let undo = Undo {
+            accounts: account_plan
+                .old
+                .iter()
+                .map(|(k, r)| (Address::from(*k), r.as_ref().map(decode_account)))
+                .collect(),
+            slots: slot_plan
+                .old
+                .iter()
+                .map(|(k, r)| {
+                    let value = r.map(|r| U256::from_be_bytes(r.value)).unwrap_or_default();
+                    ((Address::from_slice(&k[..20]), U256::from_be_slice(&k[20..])), value)
+                })
+                .collect(),
+        };
+        let _ = self.epoch.undo.set(undo);
+        let next_epoch = Arc::new(Epoch::default());
+        let _ = self.epoch.next.set(next_epoch.clone());
+
+        checkpoint::write_journal(&self.dir.join("journal"), self.header.generation, &images)?;
+        #[cfg(test)]
+        if let Some(n) = self.crash_after_writes {
+            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
+            let account_writes = account_plan.writes.iter().map(|w| (true, w));
+            let slot_writes = slot_plan.writes.iter().map(|w| (false, w));
+            for (is_account, w) in account_writes.chain(slot_writes).take(n) {
+                if is_account {
+                    tables.accounts.write(w.file, w.offset, &w.bytes)?;
+                } else {
+                    tables.slots.write(w.file, w.offset, &w.bytes)?;
+                }
+            }
+            tables.accounts.flush()?;
+            tables.slots.flush()?;
+            return Err(StoreError::Corrupt("simulated crash"));
+        }
+        {
+            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
+            tables.accounts.apply(&account_plan)?;
+            tables.slots.apply(&slot_plan)?;
+            let added = tables.code.append(&codes)?;
+            tables.code.publish(added);
+        }
+        let tables = self.base.read();
+        tables.accounts.flush()?;
+        tables.slots.flush()?;
+        let mut header = Header {
+            generation: self.header.generation + 1,
+            next_seq,
+            block,
+            root: root.0,
+            accounts_log2: self.header.accounts_log2,
+            slots_log2: self.header.slots_log2,
+            accounts_used: tables.accounts.used_records(),
+            accounts_count: tables.accounts.count(),
+            slots_used: tables.slots.used_records(),
+            slots_count: tables.slots.count(),
+            code_len: tables.code.len(),
+            ..Default::default()
+        };
+        drop(tables);
+        self.header_file.write(&mut header)?;
+        checkpoint::remove_journal(&self.dir.join("journal"))?;
+        self.header = header;
+        self.checkpointed = true;
+        self.overlay = Overlay::default();
+        self.epoch = next_epoch;
+        Ok(root)
+    }
+
+    /// The storage changes of the overlay: wipes first (every stored slot of a wiped account),
+    /// then the slots written after.
+    fn slot_changes(&self, tables: &Tables) -> Vec<([u8; 52], Option<SlotRecord>)> {
+        let mut changes: BTreeMap<[u8; 52], Option<SlotRecord>> = BTreeMap::new();
+        let wiped: Vec<Address> = self
+            .overlay
+            .wiped
+            .iter()
+            .filter(|a| {
+                tables.accounts.get(&a.0 .0).is_some_and(|r| u64::from_le_bytes(r.slot_count) > 0)
+            })
+            .copied()
+            .collect();
+        if !wiped.is_empty() {
+            // Rare (a pre-existing account's storage destroyed): scan the table once for all.
+            for r in tables.slots.records() {
+                if wiped.iter().any(|a| a.0 .0 == r.address) {
+                    changes.insert(r.key_bytes(), None);
+                }
+            }
+        }
+        for (address, slots) in &self.overlay.storage {
+            for (slot, value) in slots {
+                let record = (!value.is_zero()).then(|| SlotRecord {
+                    address: address.0 .0,
+                    slot: slot.to_be_bytes(),
+                    value: value.to_be_bytes(),
+                });
+                changes.insert(slot_key(address, slot), record);
+            }
+        }
+        changes.into_iter().collect()
+    }
+}
+
+impl SlotRecord {
+    fn key_bytes(&self) -> [u8; 52] {
+        crate::table::Record::key(self)
+    }
+}
+
+fn table_file(file: u8) -> Option<(TableFile, u8)> {
+    let base = if file < SLOTS_FILE_BASE { ACCOUNTS_FILE_BASE } else { SLOTS_FILE_BASE };
+    let kind = match file - base {
+        0 => TableFile::Dir,
+        1 => TableFile::Dat,
+        2 => TableFile::Tree,
+        _ => return None,
+    };
+    Some((kind, base))
+}
+
+fn pre_images<R: crate::table::Record>(table: &Table<R>, plan: &TablePlan<R>, base: u8) -> Vec<PreImage> {
+    plan.writes
+        .iter()
+        .filter_map(|w| {
+            table.pre_image(w).map(|bytes| PreImage { file: base + w.file as u8, offset: w.offset, bytes })
+        })
+        .collect()
+}
+
+fn root_of(accounts: &Table<AccountRecord>, slots: &Table<SlotRecord>) -> B256 {
+    proof::state_root_of(B256::from(accounts.root()), B256::from(slots.root()))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = File::create(&path).map_err(crate::mapped::file_error("create", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(crate::mapped::file_error("lock", &path)(e).into()),
+    }
+}
+
+impl StateStore for PersistentStore {
+    fn apply(&mut self, diff: &StateDiff) -> Result<(), StoreError> {
+        self.overlay.apply(diff);
+        Ok(())
+    }
+
+    fn view(&self) -> Arc<dyn StateView> {
+        Arc::new(self.snapshot())
+    }
+
+    fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        self.checkpoint(next_seq, block)
+    }
+}
+
+#[cfg(test)]
+#[path = "persistent_tests.rs"]
+mod tests;
