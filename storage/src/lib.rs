@@ -20,6 +20,7 @@
 mod chain_store;
 mod checkpoint;
 mod code;
+pub mod codec;
 mod diff;
 mod frame;
 mod mapped;
