@@ -1,4 +1,4 @@
-//! The `strobe` binary: runs a dev chain (and later a persistent node) from the command line.
+//! The `strobe` binary: runs a dev chain or a persistent node, and inspects data directories.
 //!
 //! Threads: the main thread runs the network ring; the engine runs its sequencer thread; signal
 //! handling only flips an atomic flag that both loops watch.
@@ -11,11 +11,15 @@ use std::{
     net::TcpListener,
     path::PathBuf,
     process::ExitCode,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 use strobe_engine::{
     config::{ChainConfig, Genesis, GenesisAccount},
+    storage::StoreOptions,
     Engine,
 };
 
@@ -42,12 +46,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local dev chain with prefunded accounts (state kept in memory).
+    /// Run a local dev chain with prefunded accounts (in a temporary data directory unless
+    /// `--datadir` is given).
     Dev(DevArgs),
+    /// Run a persistent chain from a data directory (created from `--genesis` the first time;
+    /// later starts resume at the same head, state root and nonces).
+    Node(NodeArgs),
+    /// Inspect a data directory.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Print accounts, slots, file sizes, the last block and the state root (the node must be
+    /// stopped: the data directory is locked while it runs).
+    Stats {
+        /// The data directory.
+        #[arg(long)]
+        datadir: PathBuf,
+    },
+    /// Re-execute every stored block from genesis into a fresh store (in a temporary directory)
+    /// and check each block's receipts and state root; exits non-zero at the first mismatch.
+    Verify {
+        /// The data directory (of a stopped node).
+        #[arg(long)]
+        datadir: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct NodeArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
 }
 
 #[derive(Args, Clone)]
 struct DevArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Number of prefunded dev accounts derived from the mnemonic.
+    #[arg(long, default_value_t = 10)]
+    accounts: u32,
+    /// Balance of each dev account, in ether.
+    #[arg(long, default_value_t = 10_000)]
+    balance: u64,
+    /// Mnemonic the dev accounts are derived from (BIP-44 path m/44'/60'/0'/0/i).
+    #[arg(long, default_value = DEV_MNEMONIC)]
+    mnemonic: String,
+    /// Keep the state in memory only (no data directory, no write-ahead log): nothing survives
+    /// a restart.
+    #[arg(long, conflicts_with = "datadir")]
+    in_memory: bool,
+    /// Don't print the account list.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Flags shared by `dev` and `node`.
+#[derive(Args, Clone)]
+struct ChainArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -66,22 +124,19 @@ struct DevArgs {
     /// Gas limit of each EVM block.
     #[arg(long, default_value_t = 1_000_000_000)]
     gas_limit: u64,
-    /// Number of prefunded dev accounts derived from the mnemonic.
-    #[arg(long, default_value_t = 10)]
-    accounts: u32,
-    /// Balance of each dev account, in ether.
-    #[arg(long, default_value_t = 10_000)]
-    balance: u64,
-    /// Mnemonic the dev accounts are derived from (BIP-44 path m/44'/60'/0'/0/i).
-    #[arg(long, default_value = DEV_MNEMONIC)]
-    mnemonic: String,
     /// Genesis file (geth style: `alloc`, optional `config.chainId`, `timestamp`, `extraData`).
     #[arg(long)]
     genesis: Option<PathBuf>,
-    /// Data directory. The dev chain keeps its state in memory; the directory is created and
-    /// holds nothing yet (persistence comes with the memory-mapped store).
+    /// Data directory: state tables, write-ahead log and blocks (required for `node`).
     #[arg(long)]
     datadir: Option<PathBuf>,
+    /// log2 of the number of account buckets of a new state store (even; about two accounts per
+    /// bucket is right). Ignored when the data directory exists.
+    #[arg(long, default_value_t = 16)]
+    account_buckets_log2: u32,
+    /// log2 of the number of storage buckets of a new state store (even).
+    #[arg(long, default_value_t = 18)]
+    slot_buckets_log2: u32,
     /// Address that receives priority fees.
     #[arg(long, default_value_t = Address::ZERO)]
     beneficiary: Address,
@@ -95,9 +150,6 @@ struct DevArgs {
     /// Smallest mini-block, in transactions, worth executing in parallel.
     #[arg(long, default_value_t = strobe_engine::parallel::MIN_PARALLEL_TXS)]
     parallel_min_txs: usize,
-    /// Don't print the account list.
-    #[arg(long)]
-    quiet: bool,
 }
 
 /// Parses `10ms`, `500us`, `2s`, `1m` or a bare number of milliseconds.
@@ -139,6 +191,14 @@ enum CliError {
     Server(std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the node stopped: {0}")]
+    Fatal(String),
+    #[error("verification failed: {0}")]
+    Verify(String),
+    #[error("data directory: {0}")]
+    Store(#[from] strobe_engine::storage::StoreError),
+    #[error("data directory: {0}")]
+    Chain(#[from] strobe_engine::storage::ChainStoreError),
 }
 
 fn main() -> ExitCode {
@@ -152,6 +212,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => run_dev(args),
+        Command::Node(args) => run_node(args),
+        Command::Db(DbCommand::Stats { datadir }) => db_stats(&datadir),
+        Command::Db(DbCommand::Verify { datadir }) => db_verify(&datadir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +226,63 @@ fn main() -> ExitCode {
 }
 
 fn run_dev(args: DevArgs) -> Result<(), CliError> {
+    let (config, mut genesis) = chain_setup(&args.chain)?;
+    let keys = dev_keys(&args.mnemonic, args.accounts)?;
+    let balance = U256::from(args.balance) * U256::from(WEI_PER_ETH);
+    for (address, _) in &keys {
+        genesis.alloc.push((*address, GenesisAccount { balance, ..Default::default() }));
+    }
+    // Without --datadir the chain still runs on the persistent store (so dev exercises the same
+    // path as production), in a directory removed at exit.
+    let mut _temporary = None;
+    let datadir = match (&args.chain.datadir, args.in_memory) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        (None, false) => {
+            let dir = tempfile::Builder::new()
+                .prefix("strobe-dev-")
+                .tempdir()
+                .map_err(|source| CliError::Datadir { path: std::env::temp_dir(), source })?;
+            let path = dir.path().to_path_buf();
+            _temporary = Some(dir);
+            Some(path)
+        }
+    };
+    let listener = bind(&args.chain)?;
+    let engine = start_engine(&config, &genesis, datadir.as_deref(), &args.chain)?;
+    if !args.quiet {
+        print_banner(&keys, args.balance, &config);
+    }
+    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect())
+}
+
+fn run_node(args: NodeArgs) -> Result<(), CliError> {
+    let Some(datadir) = args.chain.datadir.clone() else {
+        return Err(CliError::Config("`strobe node` needs --datadir".into()));
+    };
+    if args.chain.genesis.is_none() && !datadir.join("chain").exists() {
+        return Err(CliError::Config(format!(
+            "{} holds no chain yet: give --genesis to create one",
+            datadir.display()
+        )));
+    }
+    let (config, genesis) = chain_setup(&args.chain)?;
+    let listener = bind(&args.chain)?;
+    let engine = start_engine(&config, &genesis, Some(&datadir), &args.chain)?;
+    let head = engine.view().head().clone();
+    println!(
+        "strobe v{} — node, data directory {}, head block {} ({}), state root {}",
+        env!("CARGO_PKG_VERSION"),
+        datadir.display(),
+        head.header.number,
+        head.hash,
+        head.header.state_root
+    );
+    serve(listener, engine, Vec::new())
+}
+
+/// The chain configuration and genesis from the shared flags.
+fn chain_setup(args: &ChainArgs) -> Result<(ChainConfig, Genesis), CliError> {
     if args.mini_block_time > args.block_time {
         return Err(CliError::Config("--mini-block-time must not exceed --block-time".into()));
     }
@@ -177,15 +297,6 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         chain_id = chain_id.or(file.chain_id);
         genesis = file.genesis;
     }
-    if let Some(dir) = &args.datadir {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| CliError::Datadir { path: dir.clone(), source })?;
-    }
-    let keys = dev_keys(&args.mnemonic, args.accounts)?;
-    let balance = U256::from(args.balance) * U256::from(WEI_PER_ETH);
-    for (address, _) in &keys {
-        genesis.alloc.push((*address, GenesisAccount { balance, ..Default::default() }));
-    }
     let config = ChainConfig {
         chain_id: chain_id.unwrap_or(31337),
         mini_block_time: args.mini_block_time,
@@ -198,37 +309,156 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         parallel_min_txs: args.parallel_min_txs.max(1),
         ..ChainConfig::default()
     };
-    let addr = format!("{}:{}", args.host, args.port);
-    let listener =
-        TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
-    let local =
-        listener.local_addr().map_err(|source| CliError::Bind { addr: addr.clone(), source })?;
-    let engine = Arc::new(Engine::start(
-        config.clone(),
-        &genesis,
-        Box::new(strobe_engine::storage::MemoryStore::new()),
-    )?);
+    Ok((config, genesis))
+}
 
-    if !args.quiet {
-        print_banner(&keys, args.balance, &config);
-    }
+fn bind(args: &ChainArgs) -> Result<TcpListener, CliError> {
+    let addr = format!("{}:{}", args.host, args.port);
+    TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr, source })
+}
+
+fn start_engine(
+    config: &ChainConfig,
+    genesis: &Genesis,
+    datadir: Option<&std::path::Path>,
+    args: &ChainArgs,
+) -> Result<Arc<Engine>, CliError> {
+    let engine = match datadir {
+        None => Engine::start(
+            config.clone(),
+            genesis,
+            Box::new(strobe_engine::storage::MemoryStore::new()),
+        )?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| CliError::Datadir { path: dir.to_path_buf(), source })?;
+            let options = StoreOptions {
+                accounts_log2_buckets: args.account_buckets_log2,
+                slots_log2_buckets: args.slot_buckets_log2,
+            };
+            Engine::open(config.clone(), genesis, dir, options)?
+        }
+    };
+    Ok(Arc::new(engine))
+}
+
+/// Serves JSON-RPC until SIGINT/SIGTERM or until the engine stops on a storage failure.
+fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    accounts: Vec<Address>,
+) -> Result<(), CliError> {
+    let local = listener
+        .local_addr()
+        .map_err(|source| CliError::Bind { addr: "listener".into(), source })?;
     println!("Listening on {local}");
     println!("RPC URL: http://{local}");
-
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| CliError::Config(format!("could not install signal handler: {e}")))?;
     }
-    let accounts = keys.iter().map(|(a, _)| *a).collect();
+    let watchdog = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if engine.fatal_error().is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     let served = strobe_net::serve(listener, engine.clone(), accounts, &stop);
+    stop.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    let fatal = engine.fatal_error();
     match Arc::try_unwrap(engine) {
         Ok(mut engine) => engine.shutdown(),
         Err(_) => tracing::warn!("engine still referenced at shutdown"),
     }
+    if let Some(reason) = fatal {
+        return Err(CliError::Fatal(reason));
+    }
     served.map_err(CliError::Server)?;
     eprintln!("strobe: stopped");
     Ok(())
+}
+
+fn db_stats(datadir: &std::path::Path) -> Result<(), CliError> {
+    use strobe_engine::storage::{ChainStore, ChainStoreOptions, PersistentStore};
+    if !datadir.join("state").join("HEADER").exists() {
+        return Err(CliError::Config(format!(
+            "{} is not a strobe data directory",
+            datadir.display()
+        )));
+    }
+    let store = PersistentStore::open(&datadir.join("state"), StoreOptions::default())?;
+    let chain = ChainStore::open(&datadir.join("chain"), ChainStoreOptions::default())?;
+    let stats = store.stats();
+    let head = match chain.len().checked_sub(1) {
+        Some(n) => chain
+            .block_bytes(n)?
+            .and_then(|b| strobe_engine::record::decode_block(&b).ok())
+            .map(|b| format!("{} ({})", b.header.number, b.hash))
+            .unwrap_or_else(|| "unreadable".into()),
+        None => "none".into(),
+    };
+    let wal_bytes: u64 = std::fs::read_dir(datadir.join("wal"))
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    println!("data directory   {}", datadir.display());
+    println!("accounts         {}", stats.accounts);
+    println!("storage slots    {}", stats.slots);
+    println!("contract codes   {}", stats.codes);
+    println!(
+        "buckets          2^{} accounts, 2^{} slots",
+        stats.log2_buckets.0, stats.log2_buckets.1
+    );
+    println!("account files    {}", human_bytes(stats.accounts_bytes));
+    println!("storage files    {}", human_bytes(stats.slots_bytes));
+    println!("code file        {}", human_bytes(stats.code_bytes));
+    println!("write-ahead log  {}", human_bytes(wal_bytes));
+    println!("block store      {}", human_bytes(chain.size_bytes()));
+    println!("last block       {head}");
+    println!("checkpoint       block {}, next mini-block {}", stats.block, stats.next_seq);
+    println!("state root       {}", stats.root);
+    Ok(())
+}
+
+fn db_verify(datadir: &std::path::Path) -> Result<(), CliError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("strobe-verify-")
+        .tempdir()
+        .map_err(|source| CliError::Datadir { path: std::env::temp_dir(), source })?;
+    let started = std::time::Instant::now();
+    let report = strobe_engine::verify::verify_datadir(datadir, scratch.path())
+        .map_err(|e| CliError::Verify(e.to_string()))?;
+    println!(
+        "verified {} blocks and {} transactions in {:.1?}: head state root {} (data directory checkpoint: block {}, root {})",
+        report.blocks,
+        report.transactions,
+        started.elapsed(),
+        report.head_root,
+        report.checkpoint.0,
+        report.checkpoint.1
+    );
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {} ({n} bytes)", UNITS[unit])
+    }
 }
 
 /// On machines with four or more cores the sequencer gets the last core to itself by default; on

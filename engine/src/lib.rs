@@ -17,8 +17,10 @@ pub mod exec;
 pub mod node;
 pub mod parallel;
 pub mod pool;
+pub mod record;
 pub mod sequencer;
 pub mod tx;
+pub mod verify;
 
 pub use node::Engine;
 pub use strobe_storage as storage;
@@ -32,6 +34,15 @@ pub enum EngineError {
     /// The execution worker threads could not be started.
     #[error(transparent)]
     Exec(#[from] parallel::ParallelError),
+    /// The write-ahead log could not be opened.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] strobe_storage::WalError),
+    /// The chain store could not be opened or read.
+    #[error("chain store: {0}")]
+    Chain(#[from] strobe_storage::ChainStoreError),
+    /// The data directory's parts do not fit together.
+    #[error("recovery: {0}")]
+    Recovery(String),
     /// The sequencer thread could not be spawned.
     #[error("could not start the sequencer thread: {0}")]
     Thread(std::io::Error),

@@ -6,13 +6,17 @@
 use crate::{
     chain::{ChainView, IncludedTx, MiniBlock, SealedBlock},
     config::{ChainConfig, Genesis},
-    sequencer::{try_send, Command, Notify, Sequencer, Shared, Submission, INTAKE_QUEUE_CAPACITY},
+    sequencer::{
+        try_send, Command, Durable, Notify, Sequencer, Shared, Submission, INTAKE_QUEUE_CAPACITY,
+    },
     tx::{decode_and_recover, IntakeRules, RecoveredTx, TxError},
 };
 use alloy_primitives::{Address, B256};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::{sync::Arc, thread::JoinHandle, time::Duration};
-use strobe_storage::StateStore;
+use std::{path::Path, sync::Arc, thread::JoinHandle, time::Duration};
+use strobe_storage::{
+    ChainStore, ChainStoreOptions, PersistentStore, StateStore, StoreOptions, Wal, WalOptions,
+};
 
 /// A running engine: the sequencer thread plus the handles to talk to it.
 pub struct Engine {
@@ -23,13 +27,59 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Writes `genesis` into `store` and starts the sequencer thread.
+    /// Writes `genesis` into `store` and starts the sequencer thread. Nothing is written to disk
+    /// beyond what `store` itself keeps: a restart starts a new chain (see [`Self::open`]).
     pub fn start(
         config: ChainConfig,
         genesis: &Genesis,
         store: Box<dyn StateStore>,
     ) -> Result<Self, crate::EngineError> {
-        let (sequencer, shared) = Sequencer::new(config.clone(), genesis, store)?;
+        Self::launch(config, genesis, store, None)
+    }
+
+    /// Opens (or creates, from `genesis`) a durable chain in `datadir`: the state store in
+    /// `state/`, the write-ahead log in `wal/`, sealed blocks in `chain/`. A restart resumes at
+    /// the same head with the same state; `genesis` and `options` only matter the first time.
+    pub fn open(
+        config: ChainConfig,
+        genesis: &Genesis,
+        datadir: &Path,
+        options: StoreOptions,
+    ) -> Result<Self, crate::EngineError> {
+        let store = PersistentStore::open(&datadir.join("state"), options)?;
+        let (wal, records) = Wal::open(&datadir.join("wal"), WalOptions::default())?;
+        let chain = ChainStore::open(&datadir.join("chain"), ChainStoreOptions::default())?;
+        if !chain.is_empty() && store.is_new() {
+            return Err(crate::EngineError::Recovery(format!(
+                "{} holds blocks but no state checkpoint",
+                datadir.display()
+            )));
+        }
+        if chain.is_empty() && !store.is_new() {
+            return Err(crate::EngineError::Recovery(format!(
+                "{} holds state but no blocks: it was not fully created (remove it to start over)",
+                datadir.display()
+            )));
+        }
+        if chain.is_empty() {
+            let diff = crate::sequencer::genesis_diff(genesis);
+            crate::verify::write_genesis(datadir, config.chain_id, &diff).map_err(|e| {
+                crate::EngineError::Recovery(format!(
+                    "writing {}: {e}",
+                    crate::verify::GENESIS_FILE
+                ))
+            })?;
+        }
+        Self::launch(config, genesis, Box::new(store), Some((Durable { wal, chain }, records)))
+    }
+
+    fn launch(
+        config: ChainConfig,
+        genesis: &Genesis,
+        store: Box<dyn StateStore>,
+        durable: Option<(Durable, Vec<strobe_storage::WalRecord>)>,
+    ) -> Result<Self, crate::EngineError> {
+        let (sequencer, shared) = Sequencer::new(config.clone(), genesis, store, durable)?;
         let (intake, rx) = bounded(INTAKE_QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("strobe-sequencer".into())
@@ -41,6 +91,12 @@ impl Engine {
     /// The chain's configuration.
     pub fn config(&self) -> &ChainConfig {
         &self.config
+    }
+
+    /// Why the sequencer stopped on its own (a storage failure), if it did. Nothing is sealed or
+    /// acknowledged after that; the embedder should report it and exit.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.shared.fatal.get().cloned()
     }
 
     /// The newest chain view (lock-free).

@@ -12,20 +12,24 @@ use crate::{
     exec::{tx_envs, BlockOutput},
     parallel::ParallelExecutor,
     pool::Mempool,
+    record::{self, TxRecord},
     tx::{RecoveredTx, TxError},
 };
 use alloy_consensus::{proofs, Header, Transaction, EMPTY_OMMER_ROOT_HASH};
 use alloy_eips::{eip2718::Encodable2718, eip7685::EMPTY_REQUESTS_HASH};
-use alloy_primitives::{keccak256, logs_bloom, map::HashMap, Address, Bloom, B256, U256};
+use alloy_primitives::{keccak256, map::HashMap, Address, Bloom, B256, U256};
 use alloy_rlp::Encodable;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use revm::primitives::KECCAK_EMPTY;
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use strobe_storage::{AccountChange, AccountState, StateDiff, StateStore, ViewDb};
+use strobe_storage::{
+    AccountChange, AccountState, BlockRecord, ChainStore, StateDiff, StateStore, ViewDb, Wal,
+    WalRecord,
+};
 
 /// A one-shot callback run on the sequencer thread; it must not block.
 pub type Notify<T> = Box<dyn FnOnce(T) + Send>;
@@ -65,6 +69,17 @@ pub struct Shared {
     pub mini_block_subscribers: Mutex<Vec<Sender<Arc<MiniBlock>>>>,
     /// Sealed-block subscribers; a subscriber whose queue is full is dropped.
     pub block_subscribers: Mutex<Vec<Sender<Arc<SealedBlock>>>>,
+    /// Why the sequencer stopped on its own (a storage failure), once it has.
+    pub fatal: OnceLock<String>,
+}
+
+/// The files that make a chain durable: the write-ahead log of mini-blocks and the store of
+/// sealed blocks. The state store checkpoints itself at each block.
+pub struct Durable {
+    /// One record per mini-block; synced before its receipts are released.
+    pub wal: Wal,
+    /// Sealed EVM blocks.
+    pub chain: ChainStore,
 }
 
 /// What readers see of the pool.
@@ -89,6 +104,8 @@ pub(crate) struct Sequencer {
     pool_view: PoolView,
     next_mini_block: u64,
     executor: ParallelExecutor,
+    durable: Option<Durable>,
+    stopped: bool,
 }
 
 fn now_us() -> u64 {
@@ -96,57 +113,55 @@ fn now_us() -> u64 {
 }
 
 impl Sequencer {
-    /// Builds genesis into `store` and returns the sequencer with its shared state.
+    /// Builds genesis into `store` (a new chain) or reloads the chain from `durable` and replays
+    /// the write-ahead log `records` (a restart), and returns the sequencer with its shared state.
     pub(crate) fn new(
         config: ChainConfig,
         genesis: &Genesis,
         mut store: Box<dyn StateStore>,
+        durable: Option<(Durable, Vec<WalRecord>)>,
     ) -> Result<(Self, Arc<Shared>), crate::EngineError> {
-        let mut codes = Vec::new();
-        let mut accounts: Vec<AccountChange> = genesis
-            .alloc
-            .iter()
-            .map(|(address, a)| {
-                let code_hash = if a.code.is_empty() {
-                    KECCAK_EMPTY
-                } else {
-                    let hash = keccak256(&a.code);
-                    codes.push((hash, revm::bytecode::Bytecode::new_raw(a.code.clone())));
-                    hash
-                };
-                let mut storage = a.storage.clone();
-                storage.sort_unstable_by_key(|(k, _)| *k);
-                AccountChange {
-                    address: *address,
-                    info: Some(AccountState { nonce: a.nonce, balance: a.balance, code_hash }),
-                    storage_cleared: false,
-                    storage,
-                }
-            })
-            .collect();
-        accounts.sort_unstable_by_key(|a| a.address);
-        accounts.dedup_by_key(|a| a.address);
-        store.apply(&StateDiff { accounts, codes })?;
-        let timestamp =
-            if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
-        let header = prague_header(Header {
-            state_root: store.state_root(),
-            gas_limit: config.block_gas_limit,
-            timestamp,
-            extra_data: genesis.extra_data.clone(),
-            base_fee_per_gas: Some(INITIAL_BASE_FEE_WEI),
-            ..Default::default()
-        });
-        let genesis_block = seal(header, Vec::new(), 0);
+        let (mut durable, records) = match durable {
+            Some((d, r)) => (Some(d), r),
+            None => (None, Vec::new()),
+        };
+        let restart = durable.as_ref().is_some_and(|d| !d.chain.is_empty());
+        let mut sealed = imbl::Vector::new();
+        if restart {
+            let chain = &durable.as_ref().expect("restart implies durable").chain;
+            for n in 0..chain.len() {
+                let bytes = chain
+                    .block_bytes(n)?
+                    .ok_or_else(|| recovery(format!("block {n} is missing")))?;
+                let block = record::decode_block(&bytes)
+                    .map_err(|e| recovery(format!("block {n} cannot be decoded: {e}")))?;
+                sealed.push_back(Arc::new(block));
+            }
+        } else {
+            let genesis_block = build_genesis(&config, genesis, &mut *store)?;
+            if let Some(d) = &mut durable {
+                append_block(&mut d.chain, &genesis_block)?;
+            }
+            sealed.push_back(Arc::new(genesis_block));
+        }
+        let head = sealed.back().expect("genesis is always sealed").clone();
         let state = store.view();
-        let open = open_after(&genesis_block, &config, timestamp);
         let mut block_states = imbl::OrdMap::new();
-        block_states.insert(0, state.clone());
+        block_states.insert(head.header.number, state.clone());
+        let mut by_hash = imbl::HashMap::new();
+        let mut txs = imbl::HashMap::new();
+        for b in &sealed {
+            by_hash.insert(b.hash, b.header.number);
+            for t in &b.txs {
+                txs.insert(t.tx.hash, t.clone());
+            }
+        }
+        let open = open_after(&head, &config, now_us() / 1_000_000);
         let view = ChainView {
             state,
-            sealed: imbl::Vector::unit(Arc::new(genesis_block.clone())),
-            by_hash: imbl::HashMap::unit(genesis_block.hash, 0),
-            txs: imbl::HashMap::new(),
+            sealed,
+            by_hash,
+            txs,
             open: Arc::new(open),
             mini_block_number: None,
             block_states,
@@ -156,11 +171,12 @@ impl Sequencer {
             pool: ArcSwap::from_pointee(PoolView::default()),
             mini_block_subscribers: Mutex::new(Vec::new()),
             block_subscribers: Mutex::new(Vec::new()),
+            fatal: OnceLock::new(),
         });
         let pool = Mempool::new(config.pool);
         let mut executor = ParallelExecutor::new(config.exec_threads)?;
         executor.set_min_parallel_txs(config.parallel_min_txs);
-        let sequencer = Self {
+        let mut sequencer = Self {
             executor,
             config,
             store,
@@ -170,8 +186,73 @@ impl Sequencer {
             waiters: HashMap::default(),
             pool_view: PoolView::default(),
             next_mini_block: 0,
+            durable,
+            stopped: false,
         };
+        if restart {
+            sequencer.replay(records)?;
+        }
+        sequencer.shared.view.store(Arc::new(sequencer.view.clone()));
         Ok((sequencer, shared))
+    }
+
+    /// Re-applies the mini-blocks of the write-ahead log that the chain store does not hold yet,
+    /// exactly as they were sealed, and seals the block the state was checkpointed at if the
+    /// crash came before its block reached the chain store.
+    fn replay(&mut self, records: Vec<WalRecord>) -> Result<(), crate::EngineError> {
+        let head = self.view.head().header.number;
+        let checkpoint = self.store_checkpoint();
+        if checkpoint.1 < head || checkpoint.1 > head + 1 {
+            return Err(recovery(format!(
+                "the state checkpoint is at block {} but the chain store ends at block {head}",
+                checkpoint.1
+            )));
+        }
+        self.next_mini_block = checkpoint.0;
+        let mut replayed = 0usize;
+        for rec in records {
+            let mini = record::decode_mini_block(&rec.payload).map_err(|e| {
+                recovery(format!("write-ahead log record {} cannot be decoded: {e}", rec.seq))
+            })?;
+            if mini.block_number <= head {
+                continue;
+            }
+            while mini.block_number > self.view.open.number {
+                self.seal_evm_block();
+            }
+            if self.view.open.mini_block_count == 0 {
+                let parent = self.view.head().clone();
+                self.view.open = Arc::new(open_after(&parent, &self.config, mini.block_timestamp));
+            }
+            self.next_mini_block = mini.number;
+            self.include(mini.txs, mini.diff, mini.timestamp_us)?;
+            replayed += 1;
+        }
+        if checkpoint.1 > self.view.head().header.number {
+            self.seal_evm_block();
+        }
+        if let Some(e) = self.shared.fatal.get() {
+            return Err(recovery(e.clone()));
+        }
+        tracing::info!(
+            head = self.view.head().header.number,
+            replayed,
+            next_mini_block = self.next_mini_block,
+            "chain recovered from the data directory"
+        );
+        Ok(())
+    }
+
+    fn store_checkpoint(&self) -> (u64, u64) {
+        self.store.last_commit().unwrap_or((0, 0))
+    }
+
+    /// Stops the sequencer after a storage failure: nothing more is sealed or acknowledged.
+    fn fatal(&mut self, what: &str, error: impl std::fmt::Display) {
+        let message = format!("{what}: {error}");
+        tracing::error!("{message}; the sequencer stops");
+        let _ = self.shared.fatal.set(message);
+        self.stopped = true;
     }
 
     /// Runs until shutdown or until every sender of `intake` is gone.
@@ -185,7 +266,7 @@ impl Sequencer {
         let mut next_tick = Instant::now() + tick;
         let mut block_deadline = Instant::now() + self.config.block_time;
         let mut running = true;
-        while running {
+        while running && !self.stopped {
             // Admit transactions until the tick, or until the mini-block is full.
             loop {
                 match intake.recv_deadline(next_tick) {
@@ -325,38 +406,14 @@ impl Sequencer {
             let db = ViewDb { view: &*base, block_hash: &block_hash };
             self.executor.execute(db, &ctx.exec_env(), &tx_envs(&refs))
         };
-        if let Err(e) = self.store.apply(&diff) {
-            // The in-memory store cannot fail; a persistent one stops the node here.
-            panic!("state store failed to apply a mini-block: {e}");
-        }
-        let mut open_next = (*open).clone();
-        let mut included = Vec::with_capacity(results.len());
+        let mut records = Vec::with_capacity(results.len());
         let mut dropped = Vec::new();
         for (tx, result) in picked.iter().zip(results) {
             match result {
                 Ok(exec) => {
                     self.pool.on_executed(&tx.sender, tx.envelope.nonce());
-                    let bloom = logs_bloom(exec.logs.iter());
-                    open_next.gas_used += exec.gas_used;
-                    let inc = Arc::new(IncludedTx {
-                        tx: tx.clone(),
-                        block_number: open.number,
-                        index: open_next.txs.len() as u32,
-                        mini_block_number: self.next_mini_block,
-                        success: exec.success,
-                        gas_used: exec.gas_used,
-                        cumulative_gas_used: open_next.gas_used,
-                        effective_gas_price: open.base_fee as u128
-                            + tx.effective_tip(open.base_fee),
-                        first_log_index: open_next.log_count,
-                        contract_address: exec.contract_address,
-                        bloom,
-                        logs: exec.logs,
-                    });
-                    open_next.log_count += inc.logs.len() as u32;
-                    open_next.bloom |= bloom;
-                    open_next.txs.push_back(inc.clone());
-                    included.push(inc);
+                    let mini_block_number = self.next_mini_block;
+                    records.push(TxRecord { tx: tx.clone(), exec, mini_block_number });
                 }
                 Err(reason) => {
                     tracing::debug!(hash = %tx.hash, %reason, "transaction dropped at execution");
@@ -365,25 +422,21 @@ impl Sequencer {
                 }
             }
         }
-        let mini_gas: u64 = included.iter().map(|t| t.gas_used).sum();
-        open_next.mini_block_count += 1;
-        let mini = Arc::new(MiniBlock {
-            number: self.next_mini_block,
-            block_number: open.number,
-            index: open.mini_block_count,
-            timestamp_us: now_us(),
-            block_timestamp: open.timestamp,
-            gas_used: mini_gas,
-            txs: included.clone(),
-            diff: Arc::new(diff),
-        });
-        self.next_mini_block += 1;
-        for inc in &included {
-            self.view.txs.insert(inc.tx.hash, inc.clone());
+        let mini = match self.include(records, diff, now_us()) {
+            Ok(mini) => mini,
+            Err(e) => return self.fatal("state store failed to apply a mini-block", e),
+        };
+        if let Some(d) = &mut self.durable {
+            // Receipts and the new state are released only once the record is durable. Empty
+            // mini-blocks ride along with the next sync (nothing was acknowledged in them).
+            let logged = d.wal.append(mini.number, &record::encode_mini_block(&mini));
+            let synced =
+                logged.and_then(|()| if mini.txs.is_empty() { Ok(()) } else { d.wal.sync() });
+            if let Err(e) = synced {
+                return self.fatal("write-ahead log failed", e);
+            }
         }
-        self.view.state = self.store.view();
-        self.view.open = Arc::new(open_next);
-        self.view.mini_block_number = Some(mini.number);
+        let included = mini.txs.clone();
         self.shared.view.store(Arc::new(self.view.clone()));
         // Senders whose transactions left the pool: their nonce now lives in the state.
         for tx in &picked {
@@ -406,15 +459,68 @@ impl Sequencer {
         publish(&self.shared.mini_block_subscribers, &mini);
     }
 
+    /// Applies an executed mini-block to the state, the open block and the chain view (not yet
+    /// published). Shared by live sealing and write-ahead-log replay, so both build the same
+    /// receipts.
+    fn include(
+        &mut self,
+        txs: Vec<TxRecord>,
+        diff: StateDiff,
+        timestamp_us: u64,
+    ) -> Result<Arc<MiniBlock>, strobe_storage::StoreError> {
+        self.store.apply(&diff)?;
+        let open = self.view.open.clone();
+        let mut open_next = (*open).clone();
+        let mut included = Vec::with_capacity(txs.len());
+        for r in txs {
+            open_next.gas_used += r.exec.gas_used;
+            let inc = Arc::new(record::included(
+                r,
+                open.number,
+                open_next.txs.len() as u32,
+                open_next.gas_used,
+                open_next.log_count,
+                open.base_fee,
+            ));
+            open_next.log_count += inc.logs.len() as u32;
+            open_next.bloom |= inc.bloom;
+            open_next.txs.push_back(inc.clone());
+            included.push(inc);
+        }
+        open_next.mini_block_count += 1;
+        let mini = Arc::new(MiniBlock {
+            number: self.next_mini_block,
+            block_number: open.number,
+            index: open.mini_block_count,
+            timestamp_us,
+            block_timestamp: open.timestamp,
+            gas_used: included.iter().map(|t| t.gas_used).sum(),
+            txs: included,
+            diff: Arc::new(diff),
+        });
+        self.next_mini_block += 1;
+        for inc in &mini.txs {
+            self.view.txs.insert(inc.tx.hash, inc.clone());
+        }
+        self.view.state = self.store.view();
+        self.view.open = Arc::new(open_next);
+        self.view.mini_block_number = Some(mini.number);
+        Ok(mini)
+    }
+
     fn seal_evm_block(&mut self) {
         let open = self.view.open.clone();
         let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
         let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
         let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
+        let state_root = match self.store.commit(self.next_mini_block, open.number) {
+            Ok(root) => root,
+            Err(e) => return self.fatal("state checkpoint failed", e),
+        };
         let header = prague_header(Header {
             parent_hash: open.parent_hash,
             beneficiary: self.config.beneficiary,
-            state_root: self.store.state_root(),
+            state_root,
             transactions_root: proofs::calculate_transaction_root(&envelopes),
             receipts_root: proofs::calculate_receipt_root(&receipts),
             logs_bloom: open.bloom,
@@ -427,6 +533,20 @@ impl Sequencer {
             ..Default::default()
         });
         let block = Arc::new(seal(header, txs, open.mini_block_count));
+        if let Some(d) = &mut self.durable {
+            let stored = d
+                .wal
+                .sync()
+                .map_err(|e| e.to_string())
+                .and_then(|()| append_block(&mut d.chain, &block).map_err(|e| e.to_string()));
+            let trimmed = stored.and_then(|()| match self.next_mini_block.checked_sub(1) {
+                Some(last) => d.wal.trim(last).map_err(|e| e.to_string()),
+                None => Ok(()),
+            });
+            if let Err(e) = trimmed {
+                return self.fatal("storing the sealed block failed", e);
+            }
+        }
         let now_s = now_us() / 1_000_000;
         let next = open_after(&block, &self.config, now_s);
         self.view.by_hash.insert(block.hash, block.header.number);
@@ -452,6 +572,74 @@ fn publish<T>(subscribers: &Mutex<Vec<Sender<Arc<T>>>>, item: &Arc<T>) {
         }
         Err(TrySendError::Disconnected(_)) => false,
     });
+}
+
+fn recovery(message: String) -> crate::EngineError {
+    crate::EngineError::Recovery(message)
+}
+
+/// The genesis state as a diff over the empty state.
+pub(crate) fn genesis_diff(genesis: &Genesis) -> StateDiff {
+    let mut codes = Vec::new();
+    let mut accounts: Vec<AccountChange> = genesis
+        .alloc
+        .iter()
+        .map(|(address, a)| {
+            let code_hash = if a.code.is_empty() {
+                KECCAK_EMPTY
+            } else {
+                let hash = keccak256(&a.code);
+                codes.push((hash, revm::bytecode::Bytecode::new_raw(a.code.clone())));
+                hash
+            };
+            let mut storage = a.storage.clone();
+            storage.sort_unstable_by_key(|(k, _)| *k);
+            AccountChange {
+                address: *address,
+                info: Some(AccountState { nonce: a.nonce, balance: a.balance, code_hash }),
+                storage_cleared: false,
+                storage,
+            }
+        })
+        .collect();
+    accounts.sort_unstable_by_key(|a| a.address);
+    accounts.dedup_by_key(|a| a.address);
+    StateDiff { accounts, codes }
+}
+
+/// Writes the genesis state into `store`, commits it, and returns the genesis block.
+fn build_genesis(
+    config: &ChainConfig,
+    genesis: &Genesis,
+    store: &mut dyn StateStore,
+) -> Result<SealedBlock, crate::EngineError> {
+    store.apply(&genesis_diff(genesis))?;
+    let timestamp = if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
+    let header = prague_header(Header {
+        state_root: store.commit(0, 0)?,
+        gas_limit: config.block_gas_limit,
+        timestamp,
+        extra_data: genesis.extra_data.clone(),
+        base_fee_per_gas: Some(INITIAL_BASE_FEE_WEI),
+        ..Default::default()
+    });
+    Ok(seal(header, Vec::new(), 0))
+}
+
+/// Appends `block` to the chain store and makes it durable.
+fn append_block(
+    chain: &mut ChainStore,
+    block: &SealedBlock,
+) -> Result<(), strobe_storage::ChainStoreError> {
+    let tx_hashes: Vec<B256> = block.txs.iter().map(|t| t.tx.hash).collect();
+    let bytes = record::encode_block(block);
+    chain.append(&BlockRecord {
+        number: block.header.number,
+        hash: block.hash,
+        tx_hashes: &tx_hashes,
+        bytes: &bytes,
+    })?;
+    chain.sync()
 }
 
 /// Fills the fields every strobe header has in common: no ommers, no proof-of-work, no

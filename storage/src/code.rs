@@ -79,7 +79,12 @@ impl CodeFile {
                     at = next;
                 }
                 FrameRead::End => break,
-                _ => return Err(CodeFileError::Corrupt { path: path.to_path_buf(), offset: at as u64 }),
+                _ => {
+                    return Err(CodeFileError::Corrupt {
+                        path: path.to_path_buf(),
+                        offset: at as u64,
+                    })
+                }
             }
         }
         Ok(Self { file, path: path.to_path_buf(), index, len, cache: Mutex::new(HashMap::new()) })
@@ -116,7 +121,10 @@ impl CodeFile {
 
     /// Appends `codes` (those not stored yet) and syncs them; returns the new length. The index
     /// learns them only through [`Self::publish`], after the checkpoint commits.
-    pub(crate) fn append(&mut self, codes: &[(B256, Bytecode)]) -> Result<Vec<(B256, u64, u32)>, FileError> {
+    pub(crate) fn append(
+        &mut self,
+        codes: &[(B256, Bytecode)],
+    ) -> Result<Vec<(B256, u64, u32)>, FileError> {
         let mut buf = Vec::new();
         let mut added = Vec::new();
         for (hash, code) in codes {

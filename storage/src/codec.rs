@@ -199,7 +199,11 @@ impl crate::StateDiff {
             let address = d.address()?;
             let info = match d.u8()? {
                 0 => None,
-                1 => Some(crate::AccountState { nonce: d.u64()?, balance: d.u256()?, code_hash: d.b256()? }),
+                1 => Some(crate::AccountState {
+                    nonce: d.u64()?,
+                    balance: d.u256()?,
+                    code_hash: d.b256()?,
+                }),
                 _ => return Err(DecodeError::Invalid("account tag")),
             };
             let storage_cleared = d.bool()?;
@@ -246,7 +250,10 @@ mod tests {
                     code_hash: B256::from(h),
                 }),
                 storage_cleared,
-                storage: storage.into_iter().map(|(s, v)| (U256::from_be_bytes(s), U256::from_be_bytes(v))).collect(),
+                storage: storage
+                    .into_iter()
+                    .map(|(s, v)| (U256::from_be_bytes(s), U256::from_be_bytes(v)))
+                    .collect(),
             });
         let code = proptest::collection::vec(any::<u8>(), 0..40).prop_map(|c| {
             let code = revm::bytecode::Bytecode::new_raw(c.into());

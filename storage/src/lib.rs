@@ -33,14 +33,14 @@ mod tree;
 mod wal;
 
 pub use chain_store::{BlockRecord, ChainStore, ChainStoreError, ChainStoreOptions};
-pub use diff::{AccountChange, AccountState, StateDiff};
 pub use code::CodeFileError;
+pub use diff::{AccountChange, AccountState, StateDiff};
 pub use mapped::FileError;
 pub use memory::{MemoryStore, MemoryView, ViewDb};
 pub use persistent::{PersistentStore, PersistentView, StoreOptions, StoreStats};
 pub use proof::{state_root_of, BucketProof, ProofError, StateProof};
-pub use table::bucket_of;
 pub use root::{state_root, StorageRootCache};
+pub use table::bucket_of;
 pub use wal::{Wal, WalError, WalOptions, WalRecord};
 
 use alloy_primitives::{Address, B256, U256};
@@ -104,4 +104,9 @@ pub trait StateStore: Send {
     /// Ends EVM block `block`, whose last mini-block is `next_seq - 1`: commits what was applied
     /// (a persistent store checkpoints) and returns the state root for the block's header.
     fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError>;
+    /// `(next_seq, block)` of the last durable commit, for stores that persist (`None` for
+    /// in-memory stores and for a persistent store that has not committed yet).
+    fn last_commit(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

@@ -309,12 +309,20 @@ impl PersistentStore {
             Some((generation, images)) if generation == header.generation => images,
             _ => Vec::new(),
         };
-        let mut accounts = Table::open(dir, ACCOUNTS, header.accounts_log2, header.accounts_used, header.accounts_count)?;
-        let mut slots = Table::open(dir, SLOTS, header.slots_log2, header.slots_used, header.slots_count)?;
+        let mut accounts = Table::open(
+            dir,
+            ACCOUNTS,
+            header.accounts_log2,
+            header.accounts_used,
+            header.accounts_count,
+        )?;
+        let mut slots =
+            Table::open(dir, SLOTS, header.slots_log2, header.slots_used, header.slots_count)?;
         if !rollback.is_empty() {
             tracing::warn!(images = rollback.len(), "rolling back an interrupted checkpoint");
             for p in &rollback {
-                let (table_file, base) = table_file(p.file).ok_or(StoreError::Corrupt("journal names an unknown file"))?;
+                let (table_file, base) = table_file(p.file)
+                    .ok_or(StoreError::Corrupt("journal names an unknown file"))?;
                 if base == ACCOUNTS_FILE_BASE {
                     accounts.write(table_file, p.offset, &p.bytes)?;
                 } else {
@@ -388,7 +396,11 @@ impl PersistentStore {
 
     /// A concrete view of the current state.
     pub fn snapshot(&self) -> PersistentView {
-        PersistentView { overlay: self.overlay.clone(), epoch: self.epoch.clone(), base: self.base.clone() }
+        PersistentView {
+            overlay: self.overlay.clone(),
+            epoch: self.epoch.clone(),
+            base: self.base.clone(),
+        }
     }
 
     /// Checkpoints everything applied so far as the state at the end of EVM block `block`, whose
@@ -555,11 +567,19 @@ fn table_file(file: u8) -> Option<(TableFile, u8)> {
     Some((kind, base))
 }
 
-fn pre_images<R: crate::table::Record>(table: &Table<R>, plan: &TablePlan<R>, base: u8) -> Vec<PreImage> {
+fn pre_images<R: crate::table::Record>(
+    table: &Table<R>,
+    plan: &TablePlan<R>,
+    base: u8,
+) -> Vec<PreImage> {
     plan.writes
         .iter()
         .filter_map(|w| {
-            table.pre_image(w).map(|bytes| PreImage { file: base + w.file as u8, offset: w.offset, bytes })
+            table.pre_image(w).map(|bytes| PreImage {
+                file: base + w.file as u8,
+                offset: w.offset,
+                bytes,
+            })
         })
         .collect()
 }
@@ -574,7 +594,9 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(crate::mapped::file_error("lock", &path)(e).into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(crate::mapped::file_error("lock", &path)(e).into())
+        }
     }
 }
 
@@ -590,6 +612,10 @@ impl StateStore for PersistentStore {
 
     fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
         self.checkpoint(next_seq, block)
+    }
+
+    fn last_commit(&self) -> Option<(u64, u64)> {
+        self.checkpointed.then_some((self.header.next_seq, self.header.block))
     }
 }
 

@@ -19,13 +19,23 @@ fn diff_of(changes: &[GenChange]) -> StateDiff {
     let mut accounts: Vec<AccountChange> = changes
         .iter()
         .map(|(who, c)| match c {
-            None => AccountChange { address: addr(*who), info: None, storage_cleared: true, storage: vec![] },
+            None => AccountChange {
+                address: addr(*who),
+                info: None,
+                storage_cleared: true,
+                storage: vec![],
+            },
             Some((bal, wipe, slots)) => {
                 let mut storage: Vec<(U256, U256)> =
                     slots.iter().map(|(s, v)| (U256::from(*s), U256::from(*v))).collect();
                 storage.sort_by_key(|(s, _)| *s);
                 storage.dedup_by_key(|(s, _)| *s);
-                AccountChange { address: addr(*who), info: Some(acct(1, *bal)), storage_cleared: *wipe, storage }
+                AccountChange {
+                    address: addr(*who),
+                    info: Some(acct(1, *bal)),
+                    storage_cleared: *wipe,
+                    storage,
+                }
             }
         })
         .collect();
@@ -39,7 +49,11 @@ fn assert_same(view: &dyn StateView, model: &crate::MemoryView) {
         assert_eq!(view.account(&addr(a)), model.account(&addr(a)), "account {a}");
         for s in 0u8..6 {
             let slot = U256::from(s);
-            assert_eq!(view.storage(&addr(a), &slot), model.storage(&addr(a), &slot), "slot {a}/{s}");
+            assert_eq!(
+                view.storage(&addr(a), &slot),
+                model.storage(&addr(a), &slot),
+                "slot {a}/{s}"
+            );
         }
     }
 }
@@ -77,7 +91,11 @@ fn gen_change() -> impl Strategy<Value = GenChange> {
         0u8..6,
         proptest::option::weighted(
             0.85,
-            (0u64..5, proptest::bool::weighted(0.1), proptest::collection::vec((0u8..6, 0u8..3), 0..4)),
+            (
+                0u64..5,
+                proptest::bool::weighted(0.1),
+                proptest::collection::vec((0u8..6, 0u8..3), 0..4),
+            ),
         ),
     )
 }
@@ -231,4 +249,18 @@ fn code_survives_reopen() {
     let store = PersistentStore::open(dir.path(), SMALL).unwrap();
     assert_eq!(store.view().code(&hash).unwrap().original_bytes(), code.original_bytes());
     assert_eq!(store.stats().codes, 1);
+}
+
+#[test]
+fn default_shape_reads_back_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = PersistentStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let changes: Vec<GenChange> =
+        (0..6).map(|i| (i, Some((i as u64 + 1, false, vec![(1, 2)])))).collect();
+    store.apply(&diff_of(&changes)).unwrap();
+    store.commit(0, 0).unwrap();
+    for i in 0..6u8 {
+        assert_eq!(store.view().account(&addr(i)), Some(acct(1, i as u64 + 1)), "account {i}");
+        assert_eq!(store.view().storage(&addr(i), &U256::from(1)), U256::from(2));
+    }
 }

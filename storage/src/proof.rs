@@ -66,15 +66,25 @@ pub fn state_root_of(accounts_root: B256, slots_root: B256) -> B256 {
 
 impl StateProof {
     /// Checks the proof against `root` and returns the account it proves (`None`: proven absent).
-    pub fn verify_account(&self, root: B256, address: &Address) -> Result<Option<AccountState>, ProofError> {
+    pub fn verify_account(
+        &self,
+        root: B256,
+        address: &Address,
+    ) -> Result<Option<AccountState>, ProofError> {
         self.check_roots(root)?;
-        let records: Vec<AccountRecord> = verify_bucket(&self.account, self.accounts_root, &address.0 .0)?;
-        Ok(records.iter().find(|r| r.address == address.0 .0).map(|r| decode_account(r)))
+        let records: Vec<AccountRecord> =
+            verify_bucket(&self.account, self.accounts_root, &address.0 .0)?;
+        Ok(records.iter().find(|r| r.address == address.0 .0).map(decode_account))
     }
 
     /// Checks the proof of `slot` of `address` against `root` and returns its value (zero when
     /// proven absent). `None` when the proof does not cover `slot`.
-    pub fn verify_slot(&self, root: B256, address: &Address, slot: &U256) -> Option<Result<U256, ProofError>> {
+    pub fn verify_slot(
+        &self,
+        root: B256,
+        address: &Address,
+        slot: &U256,
+    ) -> Option<Result<U256, ProofError>> {
         let (_, proof) = self.storage.iter().find(|(s, _)| s == slot)?;
         Some((|| {
             self.check_roots(root)?;
@@ -96,7 +106,11 @@ impl StateProof {
     }
 }
 
-fn verify_bucket<R: Record>(proof: &BucketProof, table_root: B256, key: &[u8]) -> Result<Vec<R>, ProofError> {
+fn verify_bucket<R: Record>(
+    proof: &BucketProof,
+    table_root: B256,
+    key: &[u8],
+) -> Result<Vec<R>, ProofError> {
     let log2 = 2 * proof.siblings.len() as u32;
     if log2 > 60 || bucket_of(key, log2) != proof.bucket {
         return Err(ProofError::WrongBucket);
@@ -119,7 +133,8 @@ fn verify_bucket<R: Record>(proof: &BucketProof, table_root: B256, key: &[u8]) -
         records.push(r);
     }
     let hash = tree::bucket_hash(proof.records.iter().map(|b| b.as_ref()));
-    let siblings: Vec<[Hash; 3]> = proof.siblings.iter().map(|s| [s[0].0, s[1].0, s[2].0]).collect();
+    let siblings: Vec<[Hash; 3]> =
+        proof.siblings.iter().map(|s| [s[0].0, s[1].0, s[2].0]).collect();
     if tree::fold(proof.bucket, hash, &siblings) != table_root.0 {
         return Err(ProofError::PathMismatch);
     }
@@ -144,7 +159,11 @@ pub(crate) fn decode_account(r: &AccountRecord) -> AccountState {
 }
 
 /// The record of an account with `slot_count` storage slots.
-pub(crate) fn encode_account(address: &Address, a: &AccountState, slot_count: u64) -> AccountRecord {
+pub(crate) fn encode_account(
+    address: &Address,
+    a: &AccountState,
+    slot_count: u64,
+) -> AccountRecord {
     AccountRecord {
         address: address.0 .0,
         nonce: a.nonce.to_le_bytes(),
@@ -159,7 +178,15 @@ pub(crate) fn bucket_proof<R: Record>(table: &crate::table::Table<R>, key: &[u8]
     let bucket = bucket_of(key, table.log2_buckets());
     BucketProof {
         bucket,
-        records: table.bucket(bucket).iter().map(|r| Bytes::copy_from_slice(r.committed())).collect(),
-        siblings: table.siblings(bucket).iter().map(|s| [B256::from(s[0]), B256::from(s[1]), B256::from(s[2])]).collect(),
+        records: table
+            .bucket(bucket)
+            .iter()
+            .map(|r| Bytes::copy_from_slice(r.committed()))
+            .collect(),
+        siblings: table
+            .siblings(bucket)
+            .iter()
+            .map(|s| [B256::from(s[0]), B256::from(s[1]), B256::from(s[2])])
+            .collect(),
     }
 }

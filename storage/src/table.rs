@@ -157,6 +157,9 @@ pub(crate) struct Table<R: Record> {
     _records: PhantomData<R>,
 }
 
+/// A planned change: the key's bucket, the key, the new record (`None` deletes).
+type Change<R> = (u64, <R as Record>::Key, Option<R>);
+
 struct RebuiltBucket<R: Record> {
     bucket: u64,
     records: Vec<R>,
@@ -178,10 +181,23 @@ impl<R: Record> Table<R> {
         count: u64,
     ) -> Result<Self, FileError> {
         let buckets = 1u64 << log2_buckets;
-        let dir_file = MappedFile::open(&dir.join(format!("{name}.dir")), buckets * DIR_ENTRY_BYTES)?;
-        let dat = MappedFile::open(&dir.join(format!("{name}.dat")), used_records * Self::RECORD_BYTES)?;
-        let tree = MappedFile::open(&dir.join(format!("{name}.tree")), tree::node_count(log2_buckets) * 32)?;
-        Ok(Self { log2_buckets, dir: dir_file, dat, tree, used_records, count, _records: PhantomData })
+        let dir_file =
+            MappedFile::open(&dir.join(format!("{name}.dir")), buckets * DIR_ENTRY_BYTES)?;
+        let dat =
+            MappedFile::open(&dir.join(format!("{name}.dat")), used_records * Self::RECORD_BYTES)?;
+        let tree = MappedFile::open(
+            &dir.join(format!("{name}.tree")),
+            tree::node_count(log2_buckets) * 32,
+        )?;
+        Ok(Self {
+            log2_buckets,
+            dir: dir_file,
+            dat,
+            tree,
+            used_records,
+            count,
+            _records: PhantomData,
+        })
     }
 
     /// Records in the table.
@@ -245,11 +261,11 @@ impl<R: Record> Table<R> {
     /// Plans `changes` (`None` deletes; keys unique, any order).
     pub(crate) fn plan(&self, changes: Vec<(R::Key, Option<R>)>) -> TablePlan<R> {
         let log2 = self.log2_buckets;
-        let mut items: Vec<(u64, R::Key, Option<R>)> =
+        let mut items: Vec<Change<R>> =
             changes.into_iter().map(|(k, v)| (bucket_of(k.as_ref(), log2), k, v)).collect();
-        items.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let groups: Vec<&[(u64, R::Key, Option<R>)]> = items.chunk_by(|a, b| a.0 == b.0).collect();
-        let rebuild = |g: &&[(u64, R::Key, Option<R>)]| self.rebuild(g);
+        items.sort_unstable_by_key(|c| (c.0, c.1));
+        let groups: Vec<&[Change<R>]> = items.chunk_by(|a, b| a.0 == b.0).collect();
+        let rebuild = |g: &&[Change<R>]| self.rebuild(g);
         let rebuilt: Vec<RebuiltBucket<R>> = if groups.len() >= PARALLEL_BUCKETS {
             groups.par_iter().map(rebuild).collect()
         } else {
@@ -299,7 +315,7 @@ impl<R: Record> Table<R> {
         TablePlan { writes, old, presence, used_records: used, count, root: up.root }
     }
 
-    fn rebuild(&self, group: &[(u64, R::Key, Option<R>)]) -> RebuiltBucket<R> {
+    fn rebuild(&self, group: &[Change<R>]) -> RebuiltBucket<R> {
         let bucket = group[0].0;
         let current = self.bucket(bucket);
         let mut records = Vec::with_capacity(current.len() + group.len());
@@ -345,7 +361,12 @@ impl<R: Record> Table<R> {
     }
 
     /// Writes `bytes` at `offset` of `file`, growing it as needed.
-    pub(crate) fn write(&mut self, file: TableFile, offset: u64, bytes: &[u8]) -> Result<(), FileError> {
+    pub(crate) fn write(
+        &mut self,
+        file: TableFile,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), FileError> {
         let f = match file {
             TableFile::Dir => &mut self.dir,
             TableFile::Dat => &mut self.dat,

@@ -161,10 +161,8 @@ pub(crate) fn fold(bucket: u64, bucket_hash: Hash, siblings: &[[Hash; 3]]) -> Ha
 pub(crate) fn naive_root(bucket_hashes: &[Hash]) -> Hash {
     let mut level = bucket_hashes.to_vec();
     while level.len() > 1 {
-        level = level
-            .chunks(FANOUT as usize)
-            .map(|c| node_hash(&[c[0], c[1], c[2], c[3]]))
-            .collect();
+        level =
+            level.chunks(FANOUT as usize).map(|c| node_hash(&[c[0], c[1], c[2], c[3]])).collect();
     }
     level[0]
 }
