@@ -284,6 +284,13 @@ pub struct PersistentStore {
     crash_after_writes: Option<usize>,
 }
 
+/// What a checkpoint will write to both tables, and the root that results.
+struct CheckpointPlan {
+    accounts: TablePlan<AccountRecord>,
+    slots: TablePlan<SlotRecord>,
+    root: B256,
+}
+
 impl PersistentStore {
     /// Opens the store in `dir` (creating it with `options` if empty), rolling back a checkpoint
     /// that a crash interrupted. The caller replays its write-ahead log from [`Self::next_seq`].
@@ -403,11 +410,17 @@ impl PersistentStore {
         }
     }
 
-    /// Checkpoints everything applied so far as the state at the end of EVM block `block`, whose
-    /// last mini-block is `next_seq - 1`, and returns the state root.
-    pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+    /// The root the next commit would produce, computed without writing anything: the overlay is
+    /// planned into both tables exactly as [`Self::checkpoint`] plans it, and the plan dropped.
+    /// Fails only where the checkpoint would (the overlay contradicts the tables).
+    pub fn preview_root(&self) -> Result<B256, StoreError> {
         let tables = self.base.read();
-        let slot_plan = tables.slots.plan(self.slot_changes(&tables));
+        Ok(self.plan(&tables)?.root)
+    }
+
+    /// Plans the overlay's changes into both tables (the read-only part of a checkpoint).
+    fn plan(&self, tables: &Tables) -> Result<CheckpointPlan, StoreError> {
+        let slot_plan = tables.slots.plan(self.slot_changes(tables));
         let mut slot_delta: HashMap<Address, i64> = HashMap::default();
         for (key, was, is) in &slot_plan.presence {
             let d = *is as i64 - *was as i64;
@@ -433,6 +446,15 @@ impl PersistentStore {
         }
         let account_plan = tables.accounts.plan(account_changes);
         let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
+        Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
+    }
+
+    /// Checkpoints everything applied so far as the state at the end of EVM block `block`, whose
+    /// last mini-block is `next_seq - 1`, and returns the state root.
+    pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        let tables = self.base.read();
+        let CheckpointPlan { accounts: account_plan, slots: slot_plan, root } =
+            self.plan(&tables)?;
         let mut images = pre_images(&tables.accounts, &account_plan, ACCOUNTS_FILE_BASE);
         images.extend(pre_images(&tables.slots, &slot_plan, SLOTS_FILE_BASE));
         let codes: Vec<(B256, Bytecode)> = self

@@ -124,7 +124,9 @@ proptest! {
                 old_views.push((store.view(), model.snapshot()));
                 assert_same(&*store.view(), &model.snapshot());
             }
+            let preview = store.preview_root().unwrap();
             let root = store.commit(seq, block as u64 + 1).unwrap();
+            prop_assert_eq!(preview, root);
             prop_assert_eq!(root, naive_root(&model.snapshot()));
             for (view, want) in &old_views {
                 assert_same(&**view, want);
@@ -263,4 +265,31 @@ fn default_shape_reads_back_after_commit() {
         assert_eq!(store.view().account(&addr(i)), Some(acct(1, i as u64 + 1)), "account {i}");
         assert_eq!(store.view().storage(&addr(i), &U256::from(1)), U256::from(2));
     }
+}
+
+#[test]
+fn preview_root_is_the_next_commits_root_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = PersistentStore::open(dir.path(), SMALL).unwrap();
+    // Nothing applied yet: the root of two empty tables.
+    assert_eq!(store.preview_root().unwrap(), state_root_of(B256::ZERO, B256::ZERO));
+    let first: Vec<GenChange> =
+        (0..6).map(|i| (i, Some((i as u64 + 1, false, vec![(1, i + 1), (2, 7)])))).collect();
+    store.apply(&diff_of(&first)).unwrap();
+    let preview = store.preview_root().unwrap();
+    assert_eq!(store.preview_root().unwrap(), preview, "previewing twice changes nothing");
+    assert_eq!(store.stats().accounts, 0, "a preview writes nothing to the tables");
+    let root1 = store.commit(1, 1).unwrap();
+    assert_eq!(preview, root1);
+    assert_eq!(store.preview_root().unwrap(), root1, "an empty overlay previews the checkpoint");
+    // Changes, deletions and a storage wipe over existing state.
+    let second: Vec<GenChange> =
+        vec![(1, None), (2, Some((9, true, vec![(3, 1)]))), (3, Some((5, false, vec![(1, 0)])))];
+    store.apply(&diff_of(&second)).unwrap();
+    let preview = store.preview_root().unwrap();
+    assert_eq!(store.checkpoint_root(), root1);
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(store.preview_root().unwrap(), preview);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files, "no journal written");
+    assert_eq!(store.commit(2, 2).unwrap(), preview);
 }
