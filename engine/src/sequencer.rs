@@ -549,6 +549,9 @@ impl Sequencer {
         }
         let now_s = now_us() / 1_000_000;
         let next = open_after(&block, &self.config, now_s);
+        // The same state as after the last mini-block, but as of the checkpoint: this view can
+        // prove keys against the block's root.
+        self.view.state = self.store.view();
         self.view.by_hash.insert(block.hash, block.header.number);
         self.view.sealed.push_back(block.clone());
         self.view.block_states.insert(block.header.number, self.view.state.clone());

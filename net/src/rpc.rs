@@ -27,6 +27,8 @@ use strobe_engine::{
 
 /// Most calls in one batch (geth's `BatchRequestLimit`).
 pub const MAX_BATCH_LEN: usize = 1000;
+/// Most storage slots one `strobe_getProof` call may ask for.
+pub const MAX_PROOF_SLOTS: usize = 1024;
 /// Most blocks one `eth_getLogs` may scan.
 pub const MAX_LOG_RANGE_BLOCKS: u64 = 10_000;
 /// Most logs one `eth_getLogs` may return.
@@ -501,6 +503,50 @@ impl Rpc {
                     .map(|c| c.original_bytes())
                     .unwrap_or_default();
                 Ok(json!(code))
+            }
+            "strobe_getProof" => {
+                let addr: Address = param(p, 0)?;
+                let slots: Vec<U256> = opt_param(p, 1)?.unwrap_or_default();
+                if slots.len() > MAX_PROOF_SLOTS {
+                    return Err(RpcError::invalid_params(format!(
+                        "at most {MAX_PROOF_SLOTS} storage slots per proof"
+                    )));
+                }
+                let id: BlockId =
+                    opt_param(p, 2)?.unwrap_or(BlockId::Number(BlockNumberOrTag::Latest));
+                let block =
+                    match resolve_block(view, id) {
+                        Found::Sealed(b) => b,
+                        Found::Pending => return Err(RpcError::server(
+                            "proofs are for sealed blocks; the pending block has no state root yet",
+                        )),
+                        Found::None => return Err(RpcError::server("header not found")),
+                    };
+                let number = block.header.number;
+                let unavailable = || {
+                    RpcError::server(format!(
+                        "proof for block {number} is not available: proofs are served for the newest sealed block ({})",
+                        view.head().header.number
+                    ))
+                };
+                let state = view.block_states.get(&number).ok_or_else(unavailable)?;
+                let proof = state.proof(&addr, &slots).map_err(|_| unavailable())?;
+                let account = state.account(&addr).unwrap_or_default();
+                let storage: Vec<Value> = slots
+                    .iter()
+                    .map(|slot| json!({"key": slot, "value": state.storage(&addr, slot)}))
+                    .collect();
+                Ok(json!({
+                    "address": addr,
+                    "blockNumber": qty(number),
+                    "blockHash": block.hash,
+                    "stateRoot": block.header.state_root,
+                    "balance": account.balance,
+                    "nonce": qty(account.nonce),
+                    "codeHash": account.code_hash,
+                    "proof": proof,
+                    "storageProof": storage,
+                }))
             }
             "eth_getStorageAt" => {
                 let addr: Address = param(p, 0)?;

@@ -12,7 +12,8 @@ use crate::{
 use alloy_primitives::{keccak256, Address, Bytes, B256, U256};
 
 /// A bucket and its path to a table root.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BucketProof {
     /// Index of the bucket.
     pub bucket: u64,
@@ -23,7 +24,8 @@ pub struct BucketProof {
 }
 
 /// Proof of one account and some of its storage slots against a state root.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StateProof {
     /// Root of the accounts table.
     pub accounts_root: B256,

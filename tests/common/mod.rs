@@ -24,18 +24,17 @@ impl DevNode {
     /// with a transaction runs through Block-STM (two workers), so these tests also check
     /// parallel execution end to end.
     pub fn start(extra: &[&str]) -> Self {
+        let mut args =
+            vec!["dev", "--quiet", "--port", "0", "--exec-threads", "2", "--parallel-min-txs", "1"];
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    /// Starts `strobe` with exactly `args` (which must include `--port 0` or a free port) and
+    /// waits for its RPC URL.
+    pub fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strobe"))
-            .args([
-                "dev",
-                "--port",
-                "0",
-                "--quiet",
-                "--exec-threads",
-                "2",
-                "--parallel-min-txs",
-                "1",
-            ])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -7,6 +7,7 @@
 //! - `replay`: replays a mainnet block fixture sequentially and with Block-STM and compares both
 //!   with the block header.
 //! - `exec-bench`: sequential against Block-STM execution of a workload, in the same run.
+//! - `state-gen`: a new data directory whose genesis holds N funded accounts (state store sizing).
 //!
 //! Transactions are signed before the clock starts, so signing never limits a run. Everything
 //! runs on plain threads with blocking sockets against loopback.
@@ -18,6 +19,7 @@ use alloy_signer_local::{coins_bip39::English, MnemonicBuilder, PrivateKeySigner
 use clap::{Parser, Subcommand};
 
 mod exec_tools;
+mod state_gen;
 
 // The node's allocator, so execution benchmarks measure what the node runs.
 #[global_allocator]
@@ -99,6 +101,16 @@ enum Cmd {
         /// Run only Block-STM (`parallel`) or only `sequential`, e.g. under a profiler.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Creates a data directory whose genesis state holds N funded accounts (JSON line: time,
+    /// size, peak memory). Refuses a non-empty directory.
+    StateGen {
+        /// Number of accounts.
+        #[arg(long)]
+        accounts: u64,
+        /// The data directory to create.
+        #[arg(long)]
+        datadir: std::path::PathBuf,
     },
 }
 
@@ -322,6 +334,13 @@ fn main() {
                 }
             }
         }
+        Cmd::StateGen { accounts, datadir } => match state_gen::state_gen(accounts, &datadir) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("state-gen failed: {e}");
+                std::process::exit(2);
+            }
+        },
     };
     println!("{out}");
 }

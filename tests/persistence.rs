@@ -1,0 +1,195 @@
+//! The durable chain from the outside: proofs against block roots, restarts that resume where the
+//! chain was, `strobe node` with a genesis file, `strobe db stats`, and a full disk.
+
+mod common;
+
+use common::{rpc, DevNode};
+use serde_json::{json, Value};
+use std::{process::Command, time::Duration};
+use strobe_engine::storage::StateProof;
+use strobe_tools::client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID};
+
+/// Init code that stores 42 in slot 0 and deploys a one-byte contract.
+const INIT_CODE: [u8; 10] = [0x60, 0x2a, 0x60, 0x00, 0x55, 0x60, 0x01, 0x60, 0x00, 0xf3];
+
+fn send_sync(
+    url: &str,
+    account: u32,
+    to: Option<alloy_primitives::Address>,
+    input: &[u8],
+) -> Value {
+    let key = dev_signer(account);
+    let mut c = Client::connect(url).unwrap();
+    let nonce = c.nonce(key.address(), "pending").unwrap();
+    let tx = alloy::consensus::TxEip1559 {
+        chain_id: CHAIN_ID,
+        nonce,
+        gas_limit: 200_000,
+        max_fee_per_gas: 20_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+        to: to.map_or(alloy_primitives::TxKind::Create, alloy_primitives::TxKind::Call),
+        value: alloy_primitives::U256::from(7),
+        access_list: Default::default(),
+        input: input.to_vec().into(),
+    };
+    let v = c.rpc("eth_sendRawTransactionSync", json!([signed_hex(&key, tx), 5000])).unwrap();
+    assert!(v["result"].is_object(), "{v}");
+    v["result"].clone()
+}
+
+/// Waits until block `n` is sealed.
+fn wait_for_block(url: &str, n: u64) {
+    for _ in 0..500 {
+        if quantity(&rpc(url, "eth_blockNumber", json!([]))["result"]).unwrap() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("block {n} was not sealed");
+}
+
+/// A proof at the newest sealed block, with that block's header fetched separately (retried if a
+/// block seals in between, since only the newest sealed block is provable).
+fn newest_proof(url: &str, address: alloy_primitives::Address, slots: Value) -> (Value, Value) {
+    for _ in 0..100 {
+        let resp = rpc(url, "strobe_getProof", json!([address, slots, "latest"]));
+        if let Some(r) = resp.get("result") {
+            let header = rpc(url, "eth_getBlockByNumber", json!([r["blockNumber"], false]))
+                ["result"]
+                .clone();
+            return (r.clone(), header);
+        }
+    }
+    panic!("no proof of the newest block in 100 tries");
+}
+
+fn strobe(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strobe")).args(args).output().unwrap()
+}
+
+#[test]
+fn proofs_verify_against_the_block_header_root() {
+    let node = DevNode::start(&["--block-time", "200ms"]);
+    let receipt = send_sync(&node.url, 0, None, &INIT_CODE);
+    let contract: alloy_primitives::Address =
+        serde_json::from_value(receipt["contractAddress"].clone()).unwrap();
+    let block = quantity(&receipt["blockNumber"]).unwrap();
+    wait_for_block(&node.url, block);
+    let (resp, header) = newest_proof(&node.url, contract, json!(["0x0", "0x1"]));
+    assert_eq!(resp["stateRoot"], header["stateRoot"]);
+    let root: alloy_primitives::B256 = serde_json::from_value(header["stateRoot"].clone()).unwrap();
+    let proof: StateProof = serde_json::from_value(resp["proof"].clone()).unwrap();
+    let account = proof.verify_account(root, &contract).unwrap().expect("the contract exists");
+    assert_eq!(account.nonce, 1);
+    assert_eq!(account.balance, alloy_primitives::U256::from(7));
+    let get = |slot: u64| {
+        proof.verify_slot(root, &contract, &alloy_primitives::U256::from(slot)).unwrap().unwrap()
+    };
+    assert_eq!(get(0), alloy_primitives::U256::from(42));
+    assert_eq!(get(1), alloy_primitives::U256::ZERO, "absence is proven too");
+    // An absent account is proven absent.
+    let nobody = alloy_primitives::Address::repeat_byte(0xab);
+    let (r, header) = newest_proof(&node.url, nobody, json!([]));
+    let root: alloy_primitives::B256 = serde_json::from_value(header["stateRoot"].clone()).unwrap();
+    let proof: StateProof = serde_json::from_value(r["proof"].clone()).unwrap();
+    assert_eq!(proof.verify_account(root, &nobody).unwrap(), None);
+    // A forged record claiming the account exists breaks the proof.
+    let mut forged = proof.clone();
+    let mut record = vec![0u8; 92];
+    record[..20].copy_from_slice(nobody.as_slice());
+    forged.account.records.push(record.into());
+    assert!(forged.verify_account(root, &nobody).is_err());
+    // Blocks that are not the newest sealed one, and the pending block, are refused clearly.
+    let old = rpc(&node.url, "strobe_getProof", json!([contract, [], "0x0"]));
+    assert!(old["error"]["message"].as_str().unwrap().contains("not available"), "{old}");
+    let pending = rpc(&node.url, "strobe_getProof", json!([contract, [], "pending"]));
+    assert!(pending["error"]["message"].as_str().unwrap().contains("sealed"), "{pending}");
+}
+
+#[test]
+fn restart_resumes_at_the_same_head_root_and_nonces() {
+    let dir = tempfile::tempdir().unwrap();
+    let datadir = dir.path().join("d");
+    let d = datadir.to_str().unwrap();
+    let node = DevNode::start(&["--datadir", d, "--block-time", "100ms"]);
+    for _ in 0..3 {
+        send_sync(&node.url, 1, Some(alloy_primitives::Address::repeat_byte(5)), &[]);
+    }
+    let nonce_before =
+        rpc(&node.url, "eth_getTransactionCount", json!([dev_signer(1).address(), "latest"]));
+    let (status, _) = node.stop_with(15);
+    assert!(status.success());
+    let stats = strobe(&["db", "stats", "--datadir", d]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.status.success() && text.contains("accounts") && text.contains("state root"),
+        "{text}"
+    );
+    let verified = strobe(&["db", "verify", "--datadir", d]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    // The checkpoint's block and root, as stats printed them.
+    let line = text.lines().find(|l| l.starts_with("last block")).unwrap().to_string();
+    let head: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let root_line = text.lines().find(|l| l.starts_with("state root")).unwrap();
+    let root = root_line.split_whitespace().last().unwrap().to_string();
+
+    let node = DevNode::start(&["--datadir", d, "--block-time", "100ms"]);
+    let block = rpc(&node.url, "eth_getBlockByNumber", json!([format!("{head:#x}"), false]))
+        ["result"]
+        .clone();
+    assert_eq!(block["stateRoot"].as_str().unwrap(), root);
+    let nonce_after =
+        rpc(&node.url, "eth_getTransactionCount", json!([dev_signer(1).address(), "latest"]));
+    assert_eq!(nonce_before["result"], nonce_after["result"]);
+    // And the chain goes on.
+    let r = send_sync(&node.url, 1, Some(alloy_primitives::Address::repeat_byte(5)), &[]);
+    assert!(quantity(&r["blockNumber"]).unwrap() > head);
+}
+
+#[test]
+fn node_starts_from_a_genesis_file_and_resumes_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let datadir = dir.path().join("d");
+    let d = datadir.to_str().unwrap();
+    let genesis = dir.path().join("genesis.json");
+    std::fs::write(
+        &genesis,
+        r#"{"config":{"chainId":4242},"alloc":{"0x00000000000000000000000000000000000000aa":{"balance":"0x1234","storage":{"0x01":"0x02"}}}}"#,
+    )
+    .unwrap();
+    let refused = strobe(&["node", "--datadir", d, "--port", "0"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--genesis"));
+    let node = DevNode::spawn(&[
+        "node",
+        "--datadir",
+        d,
+        "--port",
+        "0",
+        "--genesis",
+        genesis.to_str().unwrap(),
+    ]);
+    let bal = rpc(
+        &node.url,
+        "eth_getBalance",
+        json!(["0x00000000000000000000000000000000000000aa", "latest"]),
+    );
+    assert_eq!(bal["result"], "0x1234");
+    assert_eq!(rpc(&node.url, "eth_chainId", json!([]))["result"], "0x1092");
+    let genesis_hash =
+        rpc(&node.url, "eth_getBlockByNumber", json!(["0x0", false]))["result"]["hash"].clone();
+    drop(node);
+    let node = DevNode::spawn(&["node", "--datadir", d, "--port", "0", "--chain-id", "4242"]);
+    let again =
+        rpc(&node.url, "eth_getBlockByNumber", json!(["0x0", false]))["result"]["hash"].clone();
+    assert_eq!(genesis_hash, again);
+    let slot = rpc(
+        &node.url,
+        "eth_getStorageAt",
+        json!(["0x00000000000000000000000000000000000000aa", "0x1", "latest"]),
+    );
+    assert_eq!(
+        slot["result"],
+        "0x0000000000000000000000000000000000000000000000000000000000000002"
+    );
+}
