@@ -201,7 +201,33 @@ enum CliError {
     Chain(#[from] strobe_engine::storage::ChainStoreError),
 }
 
+/// Exit status after an I/O error on a memory-mapped state file (EX_IOERR).
+const EXIT_MAPPED_IO_ERROR: i32 = 74;
+
+/// A read or write of a memory-mapped page whose backing I/O fails raises SIGBUS; there is no
+/// error value to return. Stop at once with a plain message: everything acknowledged is in the
+/// write-ahead log, and the next start rolls back or replays whatever was in flight.
+extern "C" fn on_sigbus(_: libc::c_int) {
+    const MESSAGE: &[u8] = b"strobe: I/O error on a memory-mapped state file (SIGBUS); stopping. \
+Acknowledged transactions are in the write-ahead log; fix the disk and restart with the same \
+--datadir to recover.\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is a static.
+    unsafe {
+        libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());
+        libc::_exit(EXIT_MAPPED_IO_ERROR);
+    }
+}
+
+fn install_sigbus_handler() {
+    // SAFETY: installs a handler that only calls async-signal-safe functions; done once, before
+    // any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGBUS, on_sigbus as *const () as libc::sighandler_t);
+    }
+}
+
 fn main() -> ExitCode {
+    install_sigbus_handler();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STROBE_LOG")

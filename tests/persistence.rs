@@ -193,3 +193,92 @@ fn node_starts_from_a_genesis_file_and_resumes_without_it() {
         "0x0000000000000000000000000000000000000000000000000000000000000002"
     );
 }
+
+#[test]
+fn sigbus_stops_the_node_with_a_clear_message() {
+    let node = DevNode::start(&[]);
+    let pid = node.child.id().to_string();
+    let mut node = node;
+    // The handler is what a failed page-in of a mapped state file reaches.
+    Command::new("kill").args(["-BUS", &pid]).status().unwrap();
+    let status = node.child.wait().unwrap();
+    assert_eq!(status.code(), Some(74), "{status:?}");
+}
+
+/// A full disk stops the node with a plain error and loses nothing it acknowledged; after space
+/// is freed it restarts and re-execution agrees with every stored block. Needs root for a small
+/// tmpfs; skipped (with a message) otherwise.
+#[test]
+fn full_disk_stops_the_node_and_restart_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let datadir = mnt.join("d");
+    let d = datadir.to_str().unwrap();
+    let mut node = DevNode::start(&["--datadir", d, "--block-time", "100ms"]);
+    let before = send_sync(&node.url, 0, Some(alloy_primitives::Address::repeat_byte(9)), &[]);
+    // Fill the disk.
+    let filler = mnt.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    // Keep sending until the node stops; none of these may be acknowledged without being durable.
+    let mut acked = vec![before];
+    let stopped = (0..400).find_map(|_| {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            return Some(status);
+        }
+        let key = dev_signer(0);
+        let mut c = Client::connect(&node.url).ok()?;
+        let nonce = c.nonce(key.address(), "pending").ok()?;
+        let tx = alloy::consensus::TxEip1559 {
+            chain_id: CHAIN_ID,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: 20_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: alloy_primitives::TxKind::Call(alloy_primitives::Address::repeat_byte(9)),
+            value: alloy_primitives::U256::from(1),
+            access_list: Default::default(),
+            input: Default::default(),
+        };
+        if let Ok(v) = c.rpc("eth_sendRawTransactionSync", json!([signed_hex(&key, tx), 2000])) {
+            if v["result"].is_object() {
+                acked.push(v["result"].clone());
+            }
+        }
+        None
+    });
+    let status = match stopped {
+        Some(s) => s,
+        None => node.child.wait().unwrap(),
+    };
+    assert_eq!(status.code(), Some(1), "the node must stop with an error when the disk is full");
+    std::fs::remove_file(&filler).unwrap();
+    let verified = strobe(&["db", "verify", "--datadir", d]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let node = DevNode::start(&["--datadir", d, "--block-time", "100ms"]);
+    for r in &acked {
+        let got = rpc(&node.url, "eth_getTransactionReceipt", json!([r["transactionHash"]]));
+        assert_eq!(got["result"]["transactionIndex"], r["transactionIndex"], "{got}");
+        assert_eq!(got["result"]["blockNumber"], r["blockNumber"]);
+    }
+}

@@ -56,6 +56,7 @@ impl MappedFile {
         if want > len {
             file.set_len(want).map_err(file_error("grow", path))?;
         }
+        reserve(&file, want, path)?;
         let map = map(&file, path)?;
         Ok(Self { file, map, path: path.to_path_buf() })
     }
@@ -86,6 +87,7 @@ impl MappedFile {
             new_len *= 2;
         }
         self.file.set_len(new_len).map_err(file_error("grow", &self.path))?;
+        reserve(&self.file, new_len, &self.path)?;
         self.map = map(&self.file, &self.path)?;
         Ok(())
     }
@@ -94,6 +96,22 @@ impl MappedFile {
     pub(crate) fn flush(&self) -> Result<(), FileError> {
         self.map.flush().map_err(file_error("msync", &self.path))?;
         self.file.sync_all().map_err(file_error("fsync", &self.path))
+    }
+}
+
+/// Allocates disk blocks for the whole file now. A write through the map into a hole of a sparse
+/// file allocates on write-back, and when the disk is full that surfaces as SIGBUS in the middle of
+/// a checkpoint; allocating here turns it into an ordinary ENOSPC error before anything is written.
+fn reserve(file: &File, len: u64, path: &Path) -> Result<(), FileError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fallocate only reads its integer arguments; the descriptor is open for as
+    // long as `file` is borrowed.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate: the kernel's write-back remains the only check.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(file_error("allocate", path)(std::io::Error::from_raw_os_error(errno))),
     }
 }
 
@@ -108,6 +126,18 @@ fn map(file: &File, path: &Path) -> Result<MmapMut, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_allocated_not_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = MappedFile::open(&path, 64 * 1024).unwrap();
+        f.ensure_len(256 * 1024).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        // st_blocks counts 512-byte units actually allocated.
+        assert!(meta.blocks() * 512 >= meta.len(), "{} of {}", meta.blocks() * 512, meta.len());
+    }
 
     #[test]
     fn grows_keeps_contents_and_survives_reopen() {
