@@ -1,6 +1,8 @@
 //! Crash torture in the test suite: 50 SIGKILLs of a persistent node under sync-send load, each
 //! followed by a restart that must keep every acknowledged receipt and a full re-execution from
-//! genesis that must reproduce every state root. `tools/crash-test.sh N` runs any count.
+//! genesis that must reproduce every state root. `tools/crash-test.sh N` runs any count
+//! (`STROBE_CRASH_ITERATIONS`, `STROBE_CRASH_VERIFY_EVERY`, `STROBE_CRASH_SEED` override the
+//! defaults).
 
 use strobe_tools::crash::{run, CrashOptions};
 
@@ -8,7 +10,13 @@ use strobe_tools::crash::{run, CrashOptions};
 fn killed_node_keeps_every_acknowledged_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let datadir = dir.path().join("data");
-    let mut opts = CrashOptions::new(env!("CARGO_BIN_EXE_strobe").into(), 50);
+    let env = |name: &str, default: u64| {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let iterations = env("STROBE_CRASH_ITERATIONS", 50) as u32;
+    let mut opts = CrashOptions::new(env!("CARGO_BIN_EXE_strobe").into(), iterations);
+    opts.verify_every = env("STROBE_CRASH_VERIFY_EVERY", 1) as u32;
+    opts.seed = env("STROBE_CRASH_SEED", opts.seed);
     opts.log = Some(dir.path().join("node.log"));
     let report = match run(&opts, &datadir) {
         Ok(r) => r,
@@ -27,8 +35,11 @@ fn killed_node_keeps_every_acknowledged_transaction() {
         }
     };
     eprintln!("{report:?}");
-    assert_eq!(report.iterations, 50);
-    assert!(report.acknowledged > 50, "too little load to mean anything: {report:?}");
+    assert_eq!(report.iterations, iterations);
+    assert!(
+        report.acknowledged > iterations as usize,
+        "too little load to mean anything: {report:?}"
+    );
     assert!(report.receipts_checked >= report.acknowledged);
-    assert_eq!(report.verifications, 51);
+    assert_eq!(report.verifications, iterations / opts.verify_every + 1);
 }

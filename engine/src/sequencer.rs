@@ -196,26 +196,39 @@ impl Sequencer {
         Ok((sequencer, shared))
     }
 
-    /// Re-applies the mini-blocks of the write-ahead log that the chain store does not hold yet,
-    /// exactly as they were sealed, and seals the block the state was checkpointed at if the
-    /// crash came before its block reached the chain store.
+    /// Brings state and chain back together after a restart from the write-ahead log.
+    ///
+    /// The state checkpoint and the chain store are written by different steps, so after a crash
+    /// the checkpoint may be one block behind the chain store (the block's checkpoint was still
+    /// being written), level with it, or one block ahead (the block was checkpointed but never
+    /// reached the chain store). Log records the state lacks are applied to it; a sealed block
+    /// whose state is caught up this way must reproduce its header's state root. Records of
+    /// blocks the chain store lacks are re-included exactly as they were sealed, and the block
+    /// the state is ahead by is sealed again (same transactions, same root, same header).
     fn replay(&mut self, records: Vec<WalRecord>) -> Result<(), crate::EngineError> {
         let head = self.view.head().header.number;
-        let checkpoint = self.store_checkpoint();
-        if checkpoint.1 < head || checkpoint.1 > head + 1 {
+        let (next_seq, checkpoint_block) = self.store_checkpoint();
+        if checkpoint_block + 1 < head || checkpoint_block > head + 1 {
             return Err(recovery(format!(
-                "the state checkpoint is at block {} but the chain store ends at block {head}",
-                checkpoint.1
+                "the state checkpoint is at block {checkpoint_block} but the chain store ends at block {head}"
             )));
         }
-        self.next_mini_block = checkpoint.0;
+        self.next_mini_block = next_seq;
+        let mut caught_up: Option<u64> = None;
         let mut replayed = 0usize;
         for rec in records {
             let mini = record::decode_mini_block(&rec.payload).map_err(|e| {
                 recovery(format!("write-ahead log record {} cannot be decoded: {e}", rec.seq))
             })?;
             if mini.block_number <= head {
+                if rec.seq >= next_seq {
+                    self.store.apply(&mini.diff)?;
+                    caught_up = Some(rec.seq + 1);
+                }
                 continue;
+            }
+            if let Some(next) = caught_up.take() {
+                self.commit_caught_up(next, head)?;
             }
             while mini.block_number > self.view.open.number {
                 self.seal_evm_block();
@@ -228,7 +241,11 @@ impl Sequencer {
             self.include(mini.txs, mini.diff, mini.timestamp_us)?;
             replayed += 1;
         }
-        if checkpoint.1 > self.view.head().header.number {
+        if let Some(next) = caught_up.take() {
+            self.commit_caught_up(next, head)?;
+            self.next_mini_block = self.next_mini_block.max(next);
+        }
+        if checkpoint_block > self.view.head().header.number {
             self.seal_evm_block();
         }
         if let Some(e) = self.shared.fatal.get() {
@@ -240,6 +257,20 @@ impl Sequencer {
             next_mini_block = self.next_mini_block,
             "chain recovered from the data directory"
         );
+        Ok(())
+    }
+
+    /// Commits state caught up to sealed block `head` and checks it against the block's header.
+    fn commit_caught_up(&mut self, next_seq: u64, head: u64) -> Result<(), crate::EngineError> {
+        let root = self.store.commit(next_seq, head)?;
+        let want = self.view.head().header.state_root;
+        if root != want {
+            return Err(recovery(format!(
+                "replaying the log into block {head} gives state root {root}, its header has {want}"
+            )));
+        }
+        self.view.state = self.store.view();
+        self.view.block_states.insert(head, self.view.state.clone());
         Ok(())
     }
 
@@ -539,7 +570,9 @@ impl Sequencer {
                 .sync()
                 .map_err(|e| e.to_string())
                 .and_then(|()| append_block(&mut d.chain, &block).map_err(|e| e.to_string()));
-            let trimmed = stored.and_then(|()| match self.next_mini_block.checked_sub(1) {
+            // Only what a durable checkpoint holds may leave the log.
+            let durable = self.store.last_commit().map_or(0, |(next, _)| next);
+            let trimmed = stored.and_then(|()| match durable.checked_sub(1) {
                 Some(last) => d.wal.trim(last).map_err(|e| e.to_string()),
                 None => Ok(()),
             });
