@@ -230,7 +230,109 @@ pub fn included(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tx::{
+        decode_and_recover,
+        tests::{rules, sample},
+    };
+    use alloy_primitives::{Address, Bloom, B256, U256};
     use proptest::prelude::*;
+    use strobe_storage::{AccountChange, AccountState};
+
+    fn included_tx(index: u32, cumulative: u64) -> Arc<IncludedTx> {
+        let (raw, _) = sample();
+        let tx = Arc::new(decode_and_recover(&raw, &rules()).unwrap());
+        let logs = vec![Log::new_unchecked(
+            Address::repeat_byte(1),
+            vec![B256::repeat_byte(2)],
+            Bytes::from_static(b"data"),
+        )];
+        Arc::new(included(
+            TxRecord {
+                tx,
+                exec: TxExecution {
+                    success: true,
+                    gas_used: 21_000,
+                    logs,
+                    contract_address: Some(Address::repeat_byte(3)),
+                    output: Bytes::new(),
+                    halt: None,
+                },
+                mini_block_number: 9,
+            },
+            4,
+            index,
+            cumulative,
+            0,
+            7,
+        ))
+    }
+
+    #[test]
+    fn mini_block_round_trip() {
+        let inc = included_tx(0, 21_000);
+        let diff = StateDiff {
+            accounts: vec![AccountChange {
+                address: Address::repeat_byte(5),
+                info: Some(AccountState {
+                    nonce: 1,
+                    balance: U256::from(2),
+                    code_hash: B256::repeat_byte(6),
+                }),
+                storage_cleared: true,
+                storage: vec![(U256::from(1), U256::from(2))],
+            }],
+            codes: vec![],
+        };
+        let mini = MiniBlock {
+            number: 9,
+            block_number: 4,
+            index: 2,
+            timestamp_us: 123,
+            block_timestamp: 1,
+            gas_used: 21_000,
+            txs: vec![inc.clone()],
+            diff: Arc::new(diff.clone()),
+        };
+        let back = decode_mini_block(&encode_mini_block(&mini)).unwrap();
+        assert_eq!(
+            (back.number, back.block_number, back.index, back.timestamp_us, back.block_timestamp),
+            (9, 4, 2, 123, 1)
+        );
+        assert_eq!(back.diff, diff);
+        let r = &back.txs[0];
+        assert_eq!(r.tx.hash, inc.tx.hash);
+        assert_eq!(r.tx.sender, inc.tx.sender);
+        assert_eq!(r.exec.logs, inc.logs);
+        assert_eq!(r.exec.contract_address, inc.contract_address);
+        assert_eq!(r.mini_block_number, 9);
+    }
+
+    #[test]
+    fn block_round_trip_recomputes_positions() {
+        let header =
+            Header { number: 4, base_fee_per_gas: Some(7), gas_used: 21_000, ..Default::default() };
+        let hash = header.hash_slow();
+        let inc = included_tx(0, 21_000);
+        let block = SealedBlock {
+            header: header.clone(),
+            hash,
+            txs: vec![inc.clone()],
+            mini_block_count: 3,
+            size: 0,
+        };
+        let back = decode_block(&encode_block(&block)).unwrap();
+        assert_eq!(back.hash, hash);
+        assert_eq!(back.header, header);
+        assert_eq!(back.mini_block_count, 3);
+        let t = &back.txs[0];
+        assert_eq!(
+            (t.block_number, t.index, t.cumulative_gas_used, t.first_log_index),
+            (4, 0, 21_000, 0)
+        );
+        assert_eq!(t.effective_gas_price, inc.effective_gas_price);
+        assert_eq!(t.bloom, inc.bloom);
+        assert_ne!(t.bloom, Bloom::ZERO);
+    }
 
     proptest! {
         /// Damaged or arbitrary record bytes decode to an error, never a panic.

@@ -313,7 +313,7 @@ pub fn recover_signer(sig: &Signature, hash: B256) -> Result<Address, TxError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloy_consensus::transaction::SignerRecoverable;
     use proptest::prelude::*;
@@ -323,7 +323,7 @@ mod tests {
         tx.recover_signer().ok()
     }
 
-    fn rules() -> IntakeRules {
+    pub(crate) fn rules() -> IntakeRules {
         IntakeRules {
             chain_id: 1,
             block_gas_limit: 30_000_000,
@@ -334,7 +334,7 @@ mod tests {
 
     /// An EIP-1559 transaction signed with libsecp256k1 by the first anvil/hardhat dev key,
     /// whose address is well known.
-    fn sample() -> (Vec<u8>, Address) {
+    pub(crate) fn sample() -> (Vec<u8>, Address) {
         use alloy_consensus::{SignableTransaction, TxEip1559};
         use alloy_eips::eip2718::Encodable2718;
         let key = secp256k1::SecretKey::from_secret_bytes(
