@@ -24,12 +24,17 @@ use criterion::{
 };
 use revm::bytecode::Bytecode;
 use std::{
+    collections::BTreeSet,
     hint::black_box,
     time::{Duration, Instant},
 };
 use strobe_storage::{
-    AccountChange, AccountState, PersistentStore, StateDiff, StateStore, StoreOptions,
+    bucket_of, AccountChange, AccountState, PersistentStore, StateDiff, StateStore, StoreOptions,
 };
+
+// The node's allocator, so the benchmarks measure what the node runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EOAS: u64 = 1_000_000;
 const CONTRACTS: u64 = 10_000;
@@ -184,10 +189,45 @@ fn pools() -> Vec<(usize, rayon::ThreadPool)> {
         .collect()
 }
 
+/// Lower bound on the keccak-f permutations a root update over `diff` takes: at least one per
+/// touched bucket (two once its records reach 136 bytes) and one per changed tree node.
+fn permutations(f: &Fixture, diff: &StateDiff) -> u64 {
+    let (accounts_log2, slots_log2) = f.store.stats().log2_buckets;
+    let mut accounts = BTreeSet::new();
+    let mut slots = BTreeSet::new();
+    for a in &diff.accounts {
+        accounts.insert(bucket_of(a.address.as_slice(), accounts_log2));
+        for (slot, _) in &a.storage {
+            let key = [a.address.as_slice(), &slot.to_be_bytes::<32>()].concat();
+            slots.insert(bucket_of(&key, slots_log2));
+        }
+    }
+    let nodes = |mut level: BTreeSet<u64>, log2: u32| {
+        let mut n = 0;
+        for _ in 0..log2 / 2 {
+            level = level.iter().map(|b| b / 4).collect();
+            n += level.len() as u64;
+        }
+        n
+    };
+    (accounts.len() + slots.len()) as u64
+        + nodes(accounts, accounts_log2)
+        + nodes(slots, slots_log2)
+}
+
 fn commitment(c: &mut Criterion, f: &mut Fixture) {
     let pools = pools();
+    // The floor under every root update: one keccak-f permutation (a tree node hashes 128 bytes).
+    let node = [7u8; 128];
+    c.bench_function("storage/keccak256_128_bytes", |b| b.iter(|| keccak256(black_box(node))));
     for keys in [10_000u64, 100_000] {
         let diff = f.block_diff(keys);
+        eprintln!(
+            "storage/root_update/{keys}: {} accounts and {} slots change, >= {} keccak-f permutations",
+            diff.accounts.len(),
+            diff.slot_count(),
+            permutations(f, &diff)
+        );
         f.store.apply(&diff).unwrap();
         let mut g = c.benchmark_group(format!("storage/root_update/{keys}"));
         g.sample_size(10)

@@ -22,13 +22,13 @@ use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
     code::CodeFile,
     proof::{self, bucket_proof, decode_account, encode_account, slot_key, StateProof},
-    table::{AccountRecord, SlotRecord, Table, TableFile, TablePlan},
+    table::{AccountRecord, Keep, SlotRecord, Table, TableFile, TablePlan},
     AccountState, StateDiff, StateStore, StateView, StoreError,
 };
 use alloy_primitives::{map::HashMap, Address, B256, U256};
+use rayon::prelude::*;
 use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY};
 use std::{
-    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     sync::{Arc, OnceLock, RwLock, RwLockReadGuard},
@@ -62,6 +62,9 @@ impl StoreOptions {
         log2
     }
 }
+
+/// From this many changed accounts on, their records are built in parallel.
+const PARALLEL_ACCOUNTS: usize = 4096;
 
 const ACCOUNTS: &str = "accounts";
 const SLOTS: &str = "slots";
@@ -415,12 +418,14 @@ impl PersistentStore {
     /// Fails only where the checkpoint would (the overlay contradicts the tables).
     pub fn preview_root(&self) -> Result<B256, StoreError> {
         let tables = self.base.read();
-        Ok(self.plan(&tables)?.root)
+        Ok(self.plan(&tables, false)?.root)
     }
 
-    /// Plans the overlay's changes into both tables (the read-only part of a checkpoint).
-    fn plan(&self, tables: &Tables) -> Result<CheckpointPlan, StoreError> {
-        let slot_plan = tables.slots.plan(self.slot_changes(tables));
+    /// Plans the overlay's changes into both tables (the read-only part of a checkpoint), with
+    /// the old values of every changed key when `keep_old`.
+    fn plan(&self, tables: &Tables, keep_old: bool) -> Result<CheckpointPlan, StoreError> {
+        let keep = Keep { old: keep_old, presence: true };
+        let slot_plan = tables.slots.plan(self.slot_changes(tables), keep);
         let mut slot_delta: HashMap<Address, i64> = HashMap::default();
         for (key, was, is) in &slot_plan.presence {
             let d = *is as i64 - *was as i64;
@@ -430,21 +435,28 @@ impl PersistentStore {
         }
         let mut addresses: Vec<Address> = self.overlay.accounts.keys().copied().collect();
         addresses.extend(slot_delta.keys().filter(|a| !self.overlay.accounts.contains_key(*a)));
-        let mut account_changes = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let stored = tables.accounts.get(&address.0 .0);
+        let (overlay, stored_accounts) = (&self.overlay.accounts, &tables.accounts);
+        let change = |address: &Address| {
+            let stored = stored_accounts.get(&address.0 .0);
             let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
-            let count = (count as i64 + slot_delta.get(&address).copied().unwrap_or(0)) as u64;
-            let info = match self.overlay.accounts.get(&address) {
+            let count = (count as i64 + slot_delta.get(address).copied().unwrap_or(0)) as u64;
+            let info = match overlay.get(address) {
                 Some(info) => *info,
                 None => stored.map(|r| decode_account(&r)),
             };
             if info.is_none() && count != 0 {
                 return Err(StoreError::Corrupt("a deleted account would keep storage slots"));
             }
-            account_changes.push((address.0 .0, info.map(|i| encode_account(&address, &i, count))));
-        }
-        let account_plan = tables.accounts.plan(account_changes);
+            Ok((address.0 .0, info.map(|i| encode_account(address, &i, count))))
+        };
+        let account_changes: Vec<_> = if addresses.len() >= PARALLEL_ACCOUNTS {
+            addresses.par_iter().map(change).collect::<Result<_, _>>()?
+        } else {
+            addresses.iter().map(change).collect::<Result<_, _>>()?
+        };
+        drop(addresses);
+        let account_plan =
+            tables.accounts.plan(account_changes, Keep { old: keep_old, presence: false });
         let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
         Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
     }
@@ -453,8 +465,12 @@ impl PersistentStore {
     /// last mini-block is `next_seq - 1`, and returns the state root.
     pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
         let tables = self.base.read();
+        // The old values are kept for views of this epoch (and of older ones, which link to it);
+        // with none alive (a bulk load, genesis) nobody can ever read them. No view can be taken
+        // while this runs: taking one needs `&self`.
+        let views = Arc::strong_count(&self.epoch) > 1;
         let CheckpointPlan { accounts: account_plan, slots: slot_plan, root } =
-            self.plan(&tables)?;
+            self.plan(&tables, views)?;
         let mut images = pre_images(&tables.accounts, &account_plan, ACCOUNTS_FILE_BASE);
         images.extend(pre_images(&tables.slots, &slot_plan, SLOTS_FILE_BASE));
         let codes: Vec<(B256, Bytecode)> = self
@@ -494,9 +510,9 @@ impl PersistentStore {
             let slot_writes = slot_plan.writes.iter().map(|w| (false, w));
             for (is_account, w) in account_writes.chain(slot_writes).take(n) {
                 if is_account {
-                    tables.accounts.write(w.file, w.offset, &w.bytes)?;
+                    tables.accounts.write(w.file, w.offset, account_plan.bytes(w))?;
                 } else {
-                    tables.slots.write(w.file, w.offset, &w.bytes)?;
+                    tables.slots.write(w.file, w.offset, slot_plan.bytes(w))?;
                 }
             }
             tables.accounts.flush()?;
@@ -537,10 +553,21 @@ impl PersistentStore {
         Ok(root)
     }
 
-    /// The storage changes of the overlay: wipes first (every stored slot of a wiped account),
-    /// then the slots written after.
+    /// The storage changes of the overlay: every stored slot of a wiped account is deleted, then
+    /// the slots written after override those deletions. Keys are unique.
     fn slot_changes(&self, tables: &Tables) -> Vec<([u8; 52], Option<SlotRecord>)> {
-        let mut changes: BTreeMap<[u8; 52], Option<SlotRecord>> = BTreeMap::new();
+        let written: usize = self.overlay.storage.values().map(|s| s.len()).sum();
+        let mut changes: Vec<([u8; 52], Option<SlotRecord>)> = Vec::with_capacity(written);
+        for (address, slots) in &self.overlay.storage {
+            for (slot, value) in slots {
+                let record = (!value.is_zero()).then(|| SlotRecord {
+                    address: address.0 .0,
+                    slot: slot.to_be_bytes(),
+                    value: value.to_be_bytes(),
+                });
+                changes.push((slot_key(address, slot), record));
+            }
+        }
         let wiped: Vec<Address> = self
             .overlay
             .wiped
@@ -552,23 +579,15 @@ impl PersistentStore {
             .collect();
         if !wiped.is_empty() {
             // Rare (a pre-existing account's storage destroyed): scan the table once for all.
+            let written: std::collections::HashSet<[u8; 52]> =
+                changes.iter().map(|(k, _)| *k).collect();
             for r in tables.slots.records() {
-                if wiped.iter().any(|a| a.0 .0 == r.address) {
-                    changes.insert(r.key_bytes(), None);
+                if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key_bytes()) {
+                    changes.push((r.key_bytes(), None));
                 }
             }
         }
-        for (address, slots) in &self.overlay.storage {
-            for (slot, value) in slots {
-                let record = (!value.is_zero()).then(|| SlotRecord {
-                    address: address.0 .0,
-                    slot: slot.to_be_bytes(),
-                    value: value.to_be_bytes(),
-                });
-                changes.insert(slot_key(address, slot), record);
-            }
-        }
-        changes.into_iter().collect()
+        changes
     }
 }
 

@@ -11,7 +11,7 @@
 //! node. A block that changes `m` keys rehashes at most `m` buckets and their paths, so the root
 //! costs O(m · depth) hashes, independent of the state's size. Each level is hashed in parallel.
 
-use alloy_primitives::keccak256;
+use alloy_primitives::{keccak256, Keccak256};
 use rayon::prelude::*;
 
 /// Children per node.
@@ -41,14 +41,16 @@ pub(crate) fn node_count(log2_buckets: u32) -> u64 {
 /// keccak256 over a bucket's records (their committed bytes, in key order); empty buckets hash
 /// to [`EMPTY`].
 pub(crate) fn bucket_hash<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Hash {
-    let mut buf = Vec::with_capacity(256);
+    let mut hasher = Keccak256::new();
+    let mut empty = true;
     for r in records {
-        buf.extend_from_slice(r);
+        hasher.update(r);
+        empty = false;
     }
-    if buf.is_empty() {
+    if empty {
         EMPTY
     } else {
-        keccak256(&buf).0
+        hasher.finalize().0
     }
 }
 
@@ -57,7 +59,11 @@ pub(crate) fn node_hash(children: &[Hash; 4]) -> Hash {
     if children.iter().all(|c| *c == EMPTY) {
         return EMPTY;
     }
-    keccak256(children.concat()).0
+    let mut buf = [0u8; 128];
+    for (chunk, c) in buf.chunks_exact_mut(32).zip(children) {
+        chunk.copy_from_slice(c);
+    }
+    keccak256(buf).0
 }
 
 /// Reads node `index` (global) from the tree file's bytes.
@@ -78,26 +84,29 @@ pub(crate) struct TreeUpdate {
 /// tree stored in `file`, without writing it.
 pub(crate) fn update(file: &[u8], log2_buckets: u32, buckets: Vec<(u64, Hash)>) -> TreeUpdate {
     let levels = level_count(log2_buckets);
-    let mut nodes = Vec::new();
+    let mut nodes = Vec::with_capacity(buckets.len() * 3 + levels);
     let mut changed = buckets;
     for level in 0..levels - 1 {
         let start = level_start(log2_buckets, level);
-        let mut parents: Vec<u64> = changed.iter().map(|(i, _)| i / FANOUT).collect();
-        parents.dedup();
-        let child = |i: u64| -> Hash {
-            match changed.binary_search_by_key(&i, |(j, _)| *j) {
-                Ok(p) => changed[p].1,
-                Err(_) => read_node(file, start + i),
+        // The changed children of one parent are adjacent (sorted by index).
+        let families: Vec<&[(u64, Hash)]> =
+            changed.chunk_by(|a, b| a.0 / FANOUT == b.0 / FANOUT).collect();
+        let hash_parent = |family: &&[(u64, Hash)]| {
+            let parent = family[0].0 / FANOUT;
+            let first = start + parent * FANOUT;
+            let mut c = [EMPTY; 4];
+            for (k, child) in c.iter_mut().enumerate() {
+                *child = read_node(file, first + k as u64);
             }
+            for (i, h) in family.iter() {
+                c[(i % FANOUT) as usize] = *h;
+            }
+            (parent, node_hash(&c))
         };
-        let hash_parent = |p: &u64| {
-            let c = [child(p * 4), child(p * 4 + 1), child(p * 4 + 2), child(p * 4 + 3)];
-            (*p, node_hash(&c))
-        };
-        let next: Vec<(u64, Hash)> = if parents.len() >= PARALLEL_NODES {
-            parents.par_iter().map(hash_parent).collect()
+        let next: Vec<(u64, Hash)> = if families.len() >= PARALLEL_NODES {
+            families.par_iter().map(hash_parent).collect()
         } else {
-            parents.iter().map(hash_parent).collect()
+            families.iter().map(hash_parent).collect()
         };
         nodes.extend(changed.iter().map(|(i, h)| (start + i, *h)));
         changed = next;
