@@ -59,6 +59,8 @@ fn newest_proof(url: &str, address: alloy_primitives::Address, slots: Value) -> 
                 .clone();
             return (r.clone(), header);
         }
+        // The newest block's checkpoint may still be being written.
+        std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no proof of the newest block in 100 tries");
 }

@@ -3,10 +3,13 @@
 //!
 //! Writes: each mini-block's [`StateDiff`] goes into the in-memory [`Overlay`] (persistent maps, so
 //! a view is an O(1) snapshot); the write-ahead log, owned by the caller, makes it durable. At each
-//! EVM block end, [`PersistentStore::commit`] checkpoints: it plans the overlay's changes into both
-//! tables (rebuilding only the touched buckets, hashing them and their tree paths in parallel),
-//! journals the pre-images, writes the tables in place, msyncs, and writes the checksummed header
-//! (`checkpoint.rs`). The result is the state root of that block.
+//! EVM block end, [`PersistentStore::commit`] plans the overlay's changes into both tables
+//! (rebuilding only the touched buckets, hashing them and their tree paths in parallel) and returns
+//! the block's state root at once. The I/O (journal the pre-images, write the tables in place,
+//! msync, write the checksummed header; `checkpoint.rs`) runs on a checkpoint thread while the
+//! sequencer goes on sealing mini-blocks; the overlay it is writing stays readable as the frozen
+//! layer until then, and the next commit waits for it. So a block costs the sequencer the
+//! planning time, not the disk's.
 //!
 //! Reads: a [`PersistentView`] reads its own overlay, then the base tables. A view taken before a
 //! checkpoint must not see the values that checkpoint wrote, so every checkpoint first publishes
@@ -15,8 +18,8 @@
 //! the tables, all under the read lock, so it sees either the undo layer or the untouched table.
 //! Undo layers live exactly as long as some view of their epoch does.
 //!
-//! Threads: the commit thread is the only writer; views are read from any thread. The write lock
-//! is held only while the planned bytes are copied into the maps (measured in BENCHMARKS.md).
+//! Threads: the sequencer plans, one checkpoint thread at a time writes; views are read from any
+//! thread. The write lock is held only while the planned bytes are copied into the maps.
 
 use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
@@ -31,7 +34,11 @@ use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY};
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock, RwLock, RwLockReadGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock, RwLock, RwLockReadGuard,
+    },
+    thread::JoinHandle,
 };
 
 /// Shape of a new store (ignored when opening an existing one).
@@ -141,6 +148,8 @@ struct Tables {
 
 struct Base {
     tables: RwLock<Tables>,
+    /// Generation of the checkpoint whose state the tables hold (changed under the write lock).
+    generation: AtomicU64,
 }
 
 impl Base {
@@ -189,24 +198,38 @@ impl Base {
 #[derive(Clone)]
 pub struct PersistentView {
     overlay: Overlay,
+    /// The changes of a commit whose checkpoint was still being written when the view was taken.
+    frozen: Option<Arc<Overlay>>,
     epoch: Arc<Epoch>,
     base: Arc<Base>,
+    /// Generation of the newest commit when the view was taken.
+    generation: u64,
+}
+
+impl PersistentView {
+    fn layers(&self) -> impl Iterator<Item = &Overlay> {
+        std::iter::once(&self.overlay).chain(self.frozen.as_deref())
+    }
 }
 
 impl StateView for PersistentView {
     fn account(&self, address: &Address) -> Option<AccountState> {
-        match self.overlay.accounts.get(address) {
-            Some(a) => *a,
-            None => self.base.account(&self.epoch, address),
+        for layer in self.layers() {
+            if let Some(a) = layer.accounts.get(address) {
+                return *a;
+            }
         }
+        self.base.account(&self.epoch, address)
     }
 
     fn storage(&self, address: &Address, slot: &U256) -> U256 {
-        if let Some(v) = self.overlay.storage.get(address).and_then(|s| s.get(slot)) {
-            return *v;
-        }
-        if self.overlay.wiped.contains(address) {
-            return U256::ZERO;
+        for layer in self.layers() {
+            if let Some(v) = layer.storage.get(address).and_then(|s| s.get(slot)) {
+                return *v;
+            }
+            if layer.wiped.contains(address) {
+                return U256::ZERO;
+            }
         }
         self.base.slot(&self.epoch, address, slot)
     }
@@ -215,8 +238,10 @@ impl StateView for PersistentView {
         if *code_hash == KECCAK_EMPTY {
             return Some(Bytecode::default());
         }
-        if let Some(c) = self.overlay.codes.get(code_hash) {
-            return Some(c.clone());
+        for layer in self.layers() {
+            if let Some(c) = layer.codes.get(code_hash) {
+                return Some(c.clone());
+            }
         }
         match self.base.read().code.get(code_hash) {
             Ok(c) => c,
@@ -231,8 +256,9 @@ impl StateView for PersistentView {
         if !self.overlay.is_empty() {
             return Err(proof::ProofError::Unavailable);
         }
+        // The tables must hold exactly this view's state: its commit written, no later one.
         let tables = self.base.read();
-        if self.epoch.next.get().is_some() {
+        if self.base.generation.load(Ordering::Acquire) != self.generation {
             return Err(proof::ProofError::Unavailable);
         }
         Ok(StateProof {
@@ -276,11 +302,20 @@ pub struct StoreStats {
 pub struct PersistentStore {
     dir: PathBuf,
     base: Arc<Base>,
-    header_file: HeaderFile,
+    header_file: Arc<HeaderFile>,
+    /// The durable checkpoint's header.
     header: Header,
     checkpointed: bool,
     overlay: Overlay,
+    /// The changes of the last commit while its checkpoint is written.
+    frozen: Option<Arc<Overlay>>,
     epoch: Arc<Epoch>,
+    /// Generation of the newest commit (written or being written).
+    generation: u64,
+    /// The checkpoint being written.
+    writing: Option<JoinHandle<Result<Header, StoreError>>>,
+    /// A checkpoint failed: the tables may be half-written until a reopen rolls them back.
+    failed: bool,
     _lock: File,
     /// Test hook: the next checkpoint stops after this many table writes, as if killed.
     #[cfg(test)]
@@ -309,6 +344,16 @@ impl PersistentStore {
         let lock = lock_dir(dir)?;
         let (header_file, header) = HeaderFile::open(&dir.join("HEADER"))?;
         let checkpointed = header.is_some();
+        if !checkpointed {
+            // Whatever a first checkpoint cut short left behind belongs to no state: start clean
+            // (which is also why the first checkpoint needs no journal).
+            for name in ["accounts", "slots"] {
+                for ext in ["dir", "dat", "tree"] {
+                    remove_if_present(&dir.join(format!("{name}.{ext}")))?;
+                }
+            }
+            remove_if_present(&dir.join("code.dat"))?;
+        }
         let header = header.unwrap_or(Header {
             accounts_log2: options.accounts_log2_buckets,
             slots_log2: options.slots_log2_buckets,
@@ -349,12 +394,19 @@ impl PersistentStore {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            base: Arc::new(Base { tables: RwLock::new(Tables { accounts, slots, code }) }),
-            header_file,
+            base: Arc::new(Base {
+                tables: RwLock::new(Tables { accounts, slots, code }),
+                generation: AtomicU64::new(header.generation),
+            }),
+            header_file: Arc::new(header_file),
+            generation: header.generation,
             header,
             checkpointed,
             overlay: Overlay::default(),
+            frozen: None,
             epoch: Arc::new(Epoch::default()),
+            writing: None,
+            failed: false,
             _lock: lock,
             #[cfg(test)]
             crash_after_writes: None,
@@ -408,15 +460,18 @@ impl PersistentStore {
     pub fn snapshot(&self) -> PersistentView {
         PersistentView {
             overlay: self.overlay.clone(),
+            frozen: self.frozen.clone(),
             epoch: self.epoch.clone(),
             base: self.base.clone(),
+            generation: self.generation,
         }
     }
 
     /// The root the next commit would produce, computed without writing anything: the overlay is
     /// planned into both tables exactly as [`Self::checkpoint`] plans it, and the plan dropped.
     /// Fails only where the checkpoint would (the overlay contradicts the tables).
-    pub fn preview_root(&self) -> Result<B256, StoreError> {
+    pub fn preview_root(&mut self) -> Result<B256, StoreError> {
+        self.wait_for_checkpoint()?;
         let tables = self.base.read();
         Ok(self.plan(&tables, false)?.root)
     }
@@ -461,18 +516,25 @@ impl PersistentStore {
         Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
     }
 
-    /// Checkpoints everything applied so far as the state at the end of EVM block `block`, whose
-    /// last mini-block is `next_seq - 1`, and returns the state root.
+    /// Commits everything applied so far as the state at the end of EVM block `block`, whose
+    /// last mini-block is `next_seq - 1`, and returns the state root. The checkpoint's I/O runs on
+    /// a checkpoint thread; it is durable once [`Self::wait_for_checkpoint`] returns (the next
+    /// commit waits for it first).
     pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        self.wait_for_checkpoint()?;
         let tables = self.base.read();
         // The old values are kept for views of this epoch (and of older ones, which link to it);
         // with none alive (a bulk load, genesis) nobody can ever read them. No view can be taken
         // while this runs: taking one needs `&self`.
         let views = Arc::strong_count(&self.epoch) > 1;
-        let CheckpointPlan { accounts: account_plan, slots: slot_plan, root } =
-            self.plan(&tables, views)?;
-        let mut images = pre_images(&tables.accounts, &account_plan, ACCOUNTS_FILE_BASE);
-        images.extend(pre_images(&tables.slots, &slot_plan, SLOTS_FILE_BASE));
+        let CheckpointPlan { accounts, slots, root } = self.plan(&tables, views)?;
+        // A store's first checkpoint overwrites nothing that matters: if it is cut short, the
+        // next open finds no header and starts from empty files.
+        let mut images = Vec::new();
+        if self.checkpointed {
+            images = pre_images(&tables.accounts, &accounts, ACCOUNTS_FILE_BASE);
+            images.extend(pre_images(&tables.slots, &slots, SLOTS_FILE_BASE));
+        }
         let codes: Vec<(B256, Bytecode)> = self
             .overlay
             .codes
@@ -484,12 +546,12 @@ impl PersistentStore {
 
         // Views of this epoch keep seeing the old values from here on.
         let undo = Undo {
-            accounts: account_plan
+            accounts: accounts
                 .old
                 .iter()
                 .map(|(k, r)| (Address::from(*k), r.as_ref().map(decode_account)))
                 .collect(),
-            slots: slot_plan
+            slots: slots
                 .old
                 .iter()
                 .map(|(k, r)| {
@@ -501,56 +563,61 @@ impl PersistentStore {
         let _ = self.epoch.undo.set(undo);
         let next_epoch = Arc::new(Epoch::default());
         let _ = self.epoch.next.set(next_epoch.clone());
-
-        checkpoint::write_journal(&self.dir.join("journal"), self.header.generation, &images)?;
-        #[cfg(test)]
-        if let Some(n) = self.crash_after_writes {
-            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
-            let account_writes = account_plan.writes.iter().map(|w| (true, w));
-            let slot_writes = slot_plan.writes.iter().map(|w| (false, w));
-            for (is_account, w) in account_writes.chain(slot_writes).take(n) {
-                if is_account {
-                    tables.accounts.write(w.file, w.offset, account_plan.bytes(w))?;
-                } else {
-                    tables.slots.write(w.file, w.offset, slot_plan.bytes(w))?;
-                }
-            }
-            tables.accounts.flush()?;
-            tables.slots.flush()?;
-            return Err(StoreError::Corrupt("simulated crash"));
-        }
-        {
-            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
-            tables.accounts.apply(&account_plan)?;
-            tables.slots.apply(&slot_plan)?;
-            let added = tables.code.append(&codes)?;
-            tables.code.publish(added);
-        }
-        let tables = self.base.read();
-        tables.accounts.flush()?;
-        tables.slots.flush()?;
-        let mut header = Header {
-            generation: self.header.generation + 1,
-            next_seq,
-            block,
-            root: root.0,
-            accounts_log2: self.header.accounts_log2,
-            slots_log2: self.header.slots_log2,
-            accounts_used: tables.accounts.used_records(),
-            accounts_count: tables.accounts.count(),
-            slots_used: tables.slots.used_records(),
-            slots_count: tables.slots.count(),
-            code_len: tables.code.len(),
-            ..Default::default()
-        };
-        drop(tables);
-        self.header_file.write(&mut header)?;
-        checkpoint::remove_journal(&self.dir.join("journal"))?;
-        self.header = header;
-        self.checkpointed = true;
-        self.overlay = Overlay::default();
         self.epoch = next_epoch;
+        self.frozen = Some(Arc::new(std::mem::take(&mut self.overlay)));
+        self.generation = self.header.generation + 1;
+
+        let job = CheckpointJob {
+            dir: self.dir.clone(),
+            base: self.base.clone(),
+            header_file: self.header_file.clone(),
+            previous: self.header.generation,
+            header: Header {
+                generation: self.generation,
+                next_seq,
+                block,
+                root: root.0,
+                accounts_log2: self.header.accounts_log2,
+                slots_log2: self.header.slots_log2,
+                ..Default::default()
+            },
+            images,
+            accounts,
+            slots,
+            codes,
+            #[cfg(test)]
+            crash_after_writes: self.crash_after_writes.take(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("strobe-checkpoint".into())
+            .spawn(move || job.run())
+            .map_err(|e| crate::mapped::file_error("spawn checkpoint thread", &self.dir)(e))?;
+        self.writing = Some(handle);
         Ok(root)
+    }
+
+    /// Waits until the last commit's checkpoint is durable; reports its failure if it failed.
+    /// After a failure every later commit fails too: the tables may be half-written until the
+    /// next open rolls them back.
+    pub fn wait_for_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Corrupt("an earlier checkpoint failed; restart to recover"));
+        }
+        let Some(handle) = self.writing.take() else { return Ok(()) };
+        let written =
+            handle.join().unwrap_or(Err(StoreError::Corrupt("the checkpoint thread panicked")));
+        match written {
+            Ok(header) => {
+                self.header = header;
+                self.checkpointed = true;
+                self.frozen = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
     }
 
     /// The storage changes of the overlay: every stored slot of a wiped account is deleted, then
@@ -594,6 +661,88 @@ impl PersistentStore {
 impl SlotRecord {
     fn key_bytes(&self) -> [u8; 52] {
         crate::table::Record::key(self)
+    }
+}
+
+/// The I/O half of a checkpoint, run on the checkpoint thread.
+struct CheckpointJob {
+    dir: PathBuf,
+    base: Arc<Base>,
+    header_file: Arc<HeaderFile>,
+    /// Generation of the checkpoint on disk, which the journal protects.
+    previous: u64,
+    /// The new header, without the table bookkeeping (filled in after the writes).
+    header: Header,
+    images: Vec<PreImage>,
+    accounts: TablePlan<AccountRecord>,
+    slots: TablePlan<SlotRecord>,
+    codes: Vec<(B256, Bytecode)>,
+    #[cfg(test)]
+    crash_after_writes: Option<usize>,
+}
+
+impl CheckpointJob {
+    fn run(self) -> Result<Header, StoreError> {
+        let journal = self.dir.join("journal");
+        if !self.images.is_empty() {
+            checkpoint::write_journal(&journal, self.previous, &self.images)?;
+        }
+        #[cfg(test)]
+        if let Some(n) = self.crash_after_writes {
+            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
+            let account_writes = self.accounts.writes.iter().map(|w| (true, w));
+            let slot_writes = self.slots.writes.iter().map(|w| (false, w));
+            for (is_account, w) in account_writes.chain(slot_writes).take(n) {
+                if is_account {
+                    tables.accounts.write(w.file, w.offset, self.accounts.bytes(w))?;
+                } else {
+                    tables.slots.write(w.file, w.offset, self.slots.bytes(w))?;
+                }
+            }
+            tables.accounts.flush()?;
+            tables.slots.flush()?;
+            return Err(StoreError::Corrupt("simulated crash"));
+        }
+        {
+            let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
+            tables.accounts.apply(&self.accounts)?;
+            tables.slots.apply(&self.slots)?;
+            let added = tables.code.append(&self.codes)?;
+            tables.code.publish(added);
+            self.base.generation.store(self.header.generation, Ordering::Release);
+        }
+        let tables = self.base.read();
+        tables.accounts.flush()?;
+        tables.slots.flush()?;
+        let mut header = Header {
+            accounts_used: tables.accounts.used_records(),
+            accounts_count: tables.accounts.count(),
+            slots_used: tables.slots.used_records(),
+            slots_count: tables.slots.count(),
+            code_len: tables.code.len(),
+            ..self.header
+        };
+        drop(tables);
+        self.header_file.write(&mut header)?;
+        checkpoint::remove_journal(&journal)?;
+        Ok(header)
+    }
+}
+
+impl Drop for PersistentStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait_for_checkpoint() {
+            tracing::error!(%e, "the last checkpoint failed; the next open rolls it back");
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::mapped::file_error("remove", path)(e).into())
+        }
+        _ => Ok(()),
     }
 }
 

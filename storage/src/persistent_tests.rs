@@ -132,6 +132,7 @@ proptest! {
                 assert_same(&**view, want);
             }
             let view = store.view();
+            store.wait_for_checkpoint().unwrap();
             for a in 0u8..6 {
                 let p = view.proof(&addr(a), &[U256::from(1), U256::from(4)]).unwrap();
                 prop_assert_eq!(p.verify_account(root, &addr(a)).unwrap(), model.snapshot().account(&addr(a)));
@@ -165,7 +166,9 @@ proptest! {
         let root1 = store.commit(1, 1).unwrap();
         store.apply(&diff_of(&second)).unwrap();
         store.crash_after_writes = Some(cut);
-        prop_assert!(store.commit(2, 2).is_err());
+        store.commit(2, 2).unwrap();
+        prop_assert!(store.wait_for_checkpoint().is_err());
+        prop_assert!(store.commit(3, 3).is_err(), "a failed checkpoint fails every later commit");
         drop(store);
         let mut store = PersistentStore::open(dir.path(), SMALL).unwrap();
         prop_assert_eq!(store.checkpoint_root(), root1);
@@ -189,6 +192,7 @@ fn tampered_proofs_fail() {
     store.apply(&diff_of(&changes)).unwrap();
     let root = store.commit(1, 1).unwrap();
     let a = addr(3);
+    store.wait_for_checkpoint().unwrap();
     let good = store.view().proof(&a, &[U256::from(1)]).unwrap();
     assert_eq!(good.verify_account(root, &a).unwrap(), Some(acct(1, 4)));
     // A changed balance byte in the bucket.
@@ -219,6 +223,7 @@ fn tampered_proofs_fail() {
     store.apply(&diff_of(&[(1, Some((9, false, vec![])))])).unwrap();
     assert_eq!(store.view().proof(&a, &[]), Err(ProofError::Unavailable));
     store.commit(2, 2).unwrap();
+    store.wait_for_checkpoint().unwrap();
     assert_eq!(old.proof(&a, &[]), Err(ProofError::Unavailable));
 }
 
