@@ -566,6 +566,7 @@ impl Sequencer {
             ..Default::default()
         });
         let block = Arc::new(seal(header, txs, open.mini_block_count));
+        let header_time = started.elapsed();
         if let Some(d) = &mut self.durable {
             let stored = d
                 .wal
@@ -582,6 +583,7 @@ impl Sequencer {
                 return self.fatal("storing the sealed block failed", e);
             }
         }
+        let stored_time = started.elapsed();
         let now_s = now_us() / 1_000_000;
         let next = open_after(&block, &self.config, now_s);
         // The same state as after the last mini-block, but as of the checkpoint: this view can
@@ -601,6 +603,8 @@ impl Sequencer {
             number = block.header.number,
             txs = block.txs.len(),
             commit_us = commit_time.as_micros() as u64,
+            roots_us = (header_time - commit_time).as_micros() as u64,
+            store_us = (stored_time - header_time).as_micros() as u64,
             seal_us = started.elapsed().as_micros() as u64,
             "block sealed"
         );
