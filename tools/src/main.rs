@@ -12,11 +12,11 @@
 //! Transactions are signed before the clock starts, so signing never limits a run. Everything
 //! runs on plain threads with blocking sockets against loopback.
 
-use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-use alloy_eips::eip2718::Encodable2718;
-use alloy_primitives::{hex, Address, TxKind, U256};
-use alloy_signer_local::{coins_bip39::English, MnemonicBuilder, PrivateKeySigner};
+use alloy_consensus::TxEip1559;
+use alloy_primitives::{Address, TxKind, U256};
+use alloy_signer_local::PrivateKeySigner;
 use clap::{Parser, Subcommand};
+use strobe_tools::client::{dev_signer, signed_hex, Client, CHAIN_ID};
 
 mod exec_tools;
 mod state_gen;
@@ -25,11 +25,7 @@ mod state_gen;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "strobe-tools", about = "Measurement tools for strobe")]
@@ -114,88 +110,29 @@ enum Cmd {
     },
 }
 
-const MNEMONIC: &str = "test test test test test test test test test test test junk";
-const CHAIN_ID: u64 = 31337;
-
-/// A keep-alive HTTP/1.1 JSON-RPC client over one TCP connection.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    host: String,
-}
-
-impl Client {
-    fn connect(url: &str) -> std::io::Result<Self> {
-        let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let stream = TcpStream::connect(&host)?;
-        stream.set_nodelay(true)?;
-        Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream, host })
-    }
-
-    fn call(&mut self, body: &Value) -> std::io::Result<Value> {
-        let body = serde_json::to_vec(body)?;
-        write!(
-            self.writer,
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        )?;
-        self.writer.write_all(&body)?;
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut buf = vec![0u8; len];
-        self.reader.read_exact(&mut buf)?;
-        Ok(serde_json::from_slice(&buf)?)
-    }
-
-    fn rpc(&mut self, method: &str, params: Value) -> std::io::Result<Value> {
-        self.call(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-    }
-}
-
 fn signer(index: u32) -> PrivateKeySigner {
-    MnemonicBuilder::<English>::default()
-        .phrase(MNEMONIC)
-        .index(index)
-        .and_then(|b| b.build())
-        .expect("dev key")
+    dev_signer(index)
 }
 
 fn nonce_of(c: &mut Client, a: Address, tag: &str) -> u64 {
-    let v = c.rpc("eth_getTransactionCount", json!([a, tag])).expect("nonce");
-    u64::from_str_radix(v["result"].as_str().unwrap_or("0x0").trim_start_matches("0x"), 16)
-        .unwrap_or(0)
+    c.nonce(a, tag).expect("nonce")
 }
 
 fn transfer(s: &PrivateKeySigner, nonce: u64, to: Address) -> String {
-    let mut tx = TxEip1559 {
-        chain_id: CHAIN_ID,
-        nonce,
-        gas_limit: 21_000,
-        max_fee_per_gas: 20_000_000_000,
-        max_priority_fee_per_gas: 1_000_000_000,
-        to: TxKind::Call(to),
-        value: U256::from(1),
-        access_list: Default::default(),
-        input: Default::default(),
-    };
-    let sig = sign_eip1559(s, &mut tx);
-    format!("0x{}", hex::encode(TxEnvelope::from(tx.into_signed(sig)).encoded_2718()))
-}
-
-fn sign_eip1559(s: &PrivateKeySigner, tx: &mut TxEip1559) -> alloy_primitives::Signature {
-    use alloy_signer::SignerSync;
-    s.sign_hash_sync(&tx.signature_hash()).expect("sign")
+    signed_hex(
+        s,
+        TxEip1559 {
+            chain_id: CHAIN_ID,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: 20_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: TxKind::Call(to),
+            value: U256::from(1),
+            access_list: Default::default(),
+            input: Default::default(),
+        },
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
