@@ -91,6 +91,9 @@ pub struct PoolView {
     pub txs: imbl::HashMap<B256, Arc<RecoveredTx>>,
 }
 
+/// Genesis accounts applied to the state store per commit when building a large genesis.
+pub const GENESIS_CHUNK_ACCOUNTS: usize = 1_000_000;
+
 /// Capacity of the intake queue between network threads and the sequencer.
 pub const INTAKE_QUEUE_CAPACITY: usize = 65_536;
 
@@ -663,7 +666,16 @@ fn build_genesis(
     genesis: &Genesis,
     store: &mut dyn StateStore,
 ) -> Result<SealedBlock, crate::EngineError> {
-    store.apply(&genesis_diff(genesis))?;
+    let StateDiff { accounts, codes } = genesis_diff(genesis);
+    // A huge genesis (millions of accounts) goes in by chunks, each committed, so the store's
+    // in-memory layer never holds more than one chunk.
+    let mut chunks = accounts.chunks(GENESIS_CHUNK_ACCOUNTS);
+    store.apply(&StateDiff { accounts: chunks.next().unwrap_or_default().to_vec(), codes })?;
+    for chunk in chunks {
+        store.commit(0, 0)?;
+        store.apply(&StateDiff { accounts: chunk.to_vec(), codes: Vec::new() })?;
+    }
+    drop(accounts);
     let timestamp = if genesis.timestamp == 0 { now_us() / 1_000_000 } else { genesis.timestamp };
     let header = prague_header(Header {
         state_root: store.commit(0, 0)?,
