@@ -272,6 +272,7 @@ impl Sequencer {
                 "replaying the log into block {head} gives state root {root}, its header has {want}"
             )));
         }
+        tracing::info!(block = head, %root, "state caught up with the chain store from the log");
         self.view.state = self.store.view();
         self.view.block_states.insert(head, self.view.state.clone());
         Ok(())
