@@ -2,7 +2,7 @@
 //! followed by a restart that must keep every acknowledged receipt and a full re-execution from
 //! genesis that must reproduce every state root. `tools/crash-test.sh N` runs any count
 //! (`STROBE_CRASH_ITERATIONS`, `STROBE_CRASH_VERIFY_EVERY`, `STROBE_CRASH_SEED` override the
-//! defaults).
+//! defaults; `STROBE_CRASH_LOG` keeps the nodes' log in a file of your choice).
 
 use strobe_tools::crash::{run, CrashOptions};
 
@@ -17,11 +17,14 @@ fn killed_node_keeps_every_acknowledged_transaction() {
     let mut opts = CrashOptions::new(env!("CARGO_BIN_EXE_strobe").into(), iterations);
     opts.verify_every = env("STROBE_CRASH_VERIFY_EVERY", 1) as u32;
     opts.seed = env("STROBE_CRASH_SEED", opts.seed);
-    opts.log = Some(dir.path().join("node.log"));
+    let log = std::env::var_os("STROBE_CRASH_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("node.log"));
+    opts.log = Some(log.clone());
     let report = match run(&opts, &datadir) {
         Ok(r) => r,
         Err(e) => {
-            let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: String = log
                 .lines()
                 .rev()
