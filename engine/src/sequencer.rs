@@ -545,21 +545,30 @@ impl Sequencer {
 
     fn seal_evm_block(&mut self) {
         let open = self.view.open.clone();
-        let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
-        let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
-        let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
         let started = Instant::now();
+        let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
         let state_root = match self.store.commit(self.next_mini_block, open.number) {
             Ok(root) => root,
             Err(e) => return self.fatal("state checkpoint failed", e),
         };
         let commit_time = started.elapsed();
+        // The two tries are independent: build them side by side.
+        let (transactions_root, receipts_root) = rayon::join(
+            || {
+                let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
+                proofs::calculate_transaction_root(&envelopes)
+            },
+            || {
+                let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
+                proofs::calculate_receipt_root(&receipts)
+            },
+        );
         let header = prague_header(Header {
             parent_hash: open.parent_hash,
             beneficiary: self.config.beneficiary,
             state_root,
-            transactions_root: proofs::calculate_transaction_root(&envelopes),
-            receipts_root: proofs::calculate_receipt_root(&receipts),
+            transactions_root,
+            receipts_root,
             logs_bloom: open.bloom,
             number: open.number,
             gas_limit: open.gas_limit,
