@@ -51,7 +51,7 @@ fn wait_for_block(url: &str, n: u64) {
 /// A proof at the newest sealed block, with that block's header fetched separately (retried if a
 /// block seals in between, since only the newest sealed block is provable).
 fn newest_proof(url: &str, address: alloy_primitives::Address, slots: Value) -> (Value, Value) {
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let resp = rpc(url, "strobe_getProof", json!([address, slots, "latest"]));
         if let Some(r) = resp.get("result") {
             let header = rpc(url, "eth_getBlockByNumber", json!([r["blockNumber"], false]))
@@ -62,7 +62,7 @@ fn newest_proof(url: &str, address: alloy_primitives::Address, slots: Value) -> 
         // The newest block's checkpoint may still be being written.
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("no proof of the newest block in 100 tries");
+    panic!("no proof of the newest block in 1000 tries (10 s)");
 }
 
 fn strobe(args: &[&str]) -> std::process::Output {
