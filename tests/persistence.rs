@@ -284,3 +284,44 @@ fn full_disk_stops_the_node_and_restart_recovers() {
         assert_eq!(got["result"]["blockNumber"], r["blockNumber"]);
     }
 }
+
+/// A crash after the genesis state was checkpointed but before the genesis block was stored
+/// leaves state and no blocks; the next open builds the chain again instead of refusing.
+#[test]
+fn interrupted_creation_is_finished_on_the_next_open() {
+    use strobe_engine::{
+        config::{ChainConfig, Genesis, GenesisAccount},
+        storage::{PersistentStore, StateStore, StoreOptions},
+        Engine,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut genesis = Genesis::default();
+    let rich = alloy_primitives::Address::repeat_byte(0x11);
+    genesis.alloc.push((
+        rich,
+        GenesisAccount { balance: alloy_primitives::U256::from(5), ..Default::default() },
+    ));
+    {
+        let mut store =
+            PersistentStore::open(&dir.path().join("state"), StoreOptions::default()).unwrap();
+        store
+            .apply(&strobe_engine::storage::StateDiff {
+                accounts: vec![strobe_engine::storage::AccountChange {
+                    address: alloy_primitives::Address::repeat_byte(0x22),
+                    info: Some(Default::default()),
+                    storage_cleared: false,
+                    storage: vec![],
+                }],
+                codes: vec![],
+            })
+            .unwrap();
+        store.commit(0, 0).unwrap();
+    }
+    let mut engine =
+        Engine::open(ChainConfig::default(), &genesis, dir.path(), StoreOptions::default())
+            .unwrap();
+    let view = engine.view();
+    assert_eq!(view.state.account(&rich).unwrap().balance, alloy_primitives::U256::from(5));
+    assert!(view.state.account(&alloy_primitives::Address::repeat_byte(0x22)).is_none());
+    engine.shutdown();
+}

@@ -46,9 +46,20 @@ impl Engine {
         datadir: &Path,
         options: StoreOptions,
     ) -> Result<Self, crate::EngineError> {
-        let store = PersistentStore::open(&datadir.join("state"), options)?;
+        let mut store = PersistentStore::open(&datadir.join("state"), options)?;
         let (wal, records) = Wal::open(&datadir.join("wal"), WalOptions::default())?;
         let chain = ChainStore::open(&datadir.join("chain"), ChainStoreOptions::default())?;
+        if chain.is_empty() && !store.is_new() && records.is_empty() {
+            // Creation was cut short after the genesis state and before the genesis block: no
+            // block was ever served from this directory, so it is safe to build it again.
+            tracing::warn!(datadir = %datadir.display(), "finishing an interrupted creation");
+            drop(store);
+            let state = datadir.join("state");
+            std::fs::remove_dir_all(&state).map_err(|e| {
+                crate::EngineError::Recovery(format!("removing {}: {e}", state.display()))
+            })?;
+            store = PersistentStore::open(&state, options)?;
+        }
         if !chain.is_empty() && store.is_new() {
             return Err(crate::EngineError::Recovery(format!(
                 "{} holds blocks but no state checkpoint",

@@ -143,6 +143,9 @@ impl Sequencer {
         } else {
             let genesis_block = build_genesis(&config, genesis, &mut *store)?;
             if let Some(d) = &mut durable {
+                // Genesis state first, then its block: a crash in between leaves a directory
+                // with state and no blocks, which the next open recreates.
+                store.wait_durable()?;
                 append_block(&mut d.chain, &genesis_block)?;
             }
             sealed.push_back(Arc::new(genesis_block));

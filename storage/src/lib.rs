@@ -109,4 +109,9 @@ pub trait StateStore: Send {
     fn last_commit(&self) -> Option<(u64, u64)> {
         None
     }
+    /// Waits until the last commit is durable (a persistent store writes checkpoints in the
+    /// background).
+    fn wait_durable(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

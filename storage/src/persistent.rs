@@ -807,6 +807,10 @@ impl StateStore for PersistentStore {
     fn last_commit(&self) -> Option<(u64, u64)> {
         self.checkpointed.then_some((self.header.next_seq, self.header.block))
     }
+
+    fn wait_durable(&mut self) -> Result<(), StoreError> {
+        self.wait_for_checkpoint()
+    }
 }
 
 #[cfg(test)]
