@@ -53,12 +53,7 @@ impl Engine {
             // Creation was cut short after the genesis state and before the genesis block: no
             // block was ever served from this directory, so it is safe to build it again.
             tracing::warn!(datadir = %datadir.display(), "finishing an interrupted creation");
-            drop(store);
-            let state = datadir.join("state");
-            std::fs::remove_dir_all(&state).map_err(|e| {
-                crate::EngineError::Recovery(format!("removing {}: {e}", state.display()))
-            })?;
-            store = PersistentStore::open(&state, options)?;
+            store = store.recreate(options)?;
         }
         if !chain.is_empty() && store.is_new() {
             return Err(crate::EngineError::Recovery(format!(

@@ -342,6 +342,24 @@ impl PersistentStore {
         }
         std::fs::create_dir_all(dir).map_err(crate::mapped::file_error("create", dir))?;
         let lock = lock_dir(dir)?;
+        Self::open_locked(dir, options, lock)
+    }
+
+    /// Throws the store's contents away and opens it empty, without ever releasing the
+    /// directory's lock (for a creation that was cut short).
+    pub fn recreate(mut self, options: StoreOptions) -> Result<Self, StoreError> {
+        let _ = self.wait_for_checkpoint();
+        let dir = self.dir.clone();
+        // A second descriptor of the same open file keeps the lock held while `self` closes its.
+        let lock = self._lock.try_clone().map_err(crate::mapped::file_error("dup", &dir))?;
+        drop(self);
+        for name in ["HEADER", "journal"] {
+            remove_if_present(&dir.join(name))?;
+        }
+        Self::open_locked(&dir, options, lock)
+    }
+
+    fn open_locked(dir: &Path, options: StoreOptions, lock: File) -> Result<Self, StoreError> {
         let (header_file, header) = HeaderFile::open(&dir.join("HEADER"))?;
         let checkpointed = header.is_some();
         if !checkpointed {
