@@ -796,14 +796,28 @@ fn root_of(accounts: &Table<AccountRecord>, slots: &Table<SlotRecord>) -> B256 {
     proof::state_root_of(B256::from(accounts.root()), B256::from(slots.root()))
 }
 
+/// How long opening waits for the directory lock before reporting it in use. A lock released a
+/// moment ago can still be held by a child process this process is just spawning (the
+/// descriptor lives in the child from fork to exec), so a reopen within the same process retries
+/// briefly; another node holding the directory is reported after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("LOCK");
     let file = File::create(&path).map_err(crate::mapped::file_error("create", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(crate::mapped::file_error("lock", &path)(e).into())
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse(dir.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(crate::mapped::file_error("lock", &path)(e).into())
+            }
         }
     }
 }
