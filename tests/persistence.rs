@@ -8,19 +8,20 @@ use serde_json::{json, Value};
 use std::{process::Command, time::Duration};
 use strobe_engine::storage::StateProof;
 use strobe_tools::client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID};
+use strobe_tools::crash::INIT_CODE;
 
-/// Init code that stores 42 in slot 0 and deploys a one-byte contract.
-const INIT_CODE: [u8; 10] = [0x60, 0x2a, 0x60, 0x00, 0x55, 0x60, 0x01, 0x60, 0x00, 0xf3];
-
-fn send_sync(
+/// Sync-sends a transaction of dev account `account` (a creation when `to` is `None`) and returns
+/// the raw JSON-RPC response.
+fn try_send_sync(
     url: &str,
     account: u32,
     to: Option<alloy_primitives::Address>,
     input: &[u8],
-) -> Value {
+    timeout_ms: u64,
+) -> std::io::Result<Value> {
     let key = dev_signer(account);
-    let mut c = Client::connect(url).unwrap();
-    let nonce = c.nonce(key.address(), "pending").unwrap();
+    let mut c = Client::connect(url)?;
+    let nonce = c.nonce(key.address(), "pending")?;
     let tx = alloy::consensus::TxEip1559 {
         chain_id: CHAIN_ID,
         nonce,
@@ -32,7 +33,17 @@ fn send_sync(
         access_list: Default::default(),
         input: input.to_vec().into(),
     };
-    let v = c.rpc("eth_sendRawTransactionSync", json!([signed_hex(&key, tx), 5000])).unwrap();
+    c.rpc("eth_sendRawTransactionSync", json!([signed_hex(&key, tx), timeout_ms]))
+}
+
+/// Sync-sends and returns the receipt, which must come.
+fn send_sync(
+    url: &str,
+    account: u32,
+    to: Option<alloy_primitives::Address>,
+    input: &[u8],
+) -> Value {
+    let v = try_send_sync(url, account, to, input, 5000).unwrap();
     assert!(v["result"].is_object(), "{v}");
     v["result"].clone()
 }
@@ -248,21 +259,8 @@ fn full_disk_stops_the_node_and_restart_recovers() {
         if let Ok(Some(status)) = node.child.try_wait() {
             return Some(status);
         }
-        let key = dev_signer(0);
-        let mut c = Client::connect(&node.url).ok()?;
-        let nonce = c.nonce(key.address(), "pending").ok()?;
-        let tx = alloy::consensus::TxEip1559 {
-            chain_id: CHAIN_ID,
-            nonce,
-            gas_limit: 21_000,
-            max_fee_per_gas: 20_000_000_000,
-            max_priority_fee_per_gas: 1_000_000_000,
-            to: alloy_primitives::TxKind::Call(alloy_primitives::Address::repeat_byte(9)),
-            value: alloy_primitives::U256::from(1),
-            access_list: Default::default(),
-            input: Default::default(),
-        };
-        if let Ok(v) = c.rpc("eth_sendRawTransactionSync", json!([signed_hex(&key, tx), 2000])) {
+        let to = Some(alloy_primitives::Address::repeat_byte(9));
+        if let Ok(v) = try_send_sync(&node.url, 0, to, &[], 2000) {
             if v["result"].is_object() {
                 acked.push(v["result"].clone());
             }

@@ -13,11 +13,11 @@
 
 use crate::{
     frame::{encode_frame, read_frame, FrameRead},
-    mapped::{file_error, FileError},
+    mapped::{file_error, open_rw, remove_if_present, FileError},
 };
 use bytemuck::{Pod, Zeroable};
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write as _,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -90,14 +90,7 @@ pub enum HeaderError {
 impl HeaderFile {
     /// Opens the header file; `None` for the header when the file is new (no checkpoint yet).
     pub(crate) fn open(path: &Path) -> Result<(Self, Option<Header>), HeaderError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(file_error("open", path))?;
-        let len = file.metadata().map_err(file_error("stat", path))?.len();
+        let (file, len) = open_rw(path)?;
         let mut best: Option<Header> = None;
         let mut any_bytes = false;
         for slot in 0..2u64 {
@@ -213,11 +206,10 @@ pub(crate) fn read_journal(path: &Path) -> Result<Option<(u64, Vec<PreImage>)>, 
 
 /// Removes the journal (the checkpoint is complete, or the journal is void).
 pub(crate) fn remove_journal(path: &Path) -> Result<(), FileError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => sync_dir(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(file_error("remove", path)(e)),
+    if remove_if_present(path)? {
+        sync_dir(path)?;
     }
+    Ok(())
 }
 
 /// Makes the creation or removal of `path` durable.
@@ -242,7 +234,7 @@ mod tests {
         hf.write(&mut h2).unwrap();
         assert_eq!(HeaderFile::open(&path).unwrap().1.unwrap().next_seq, 20);
         // Tear the newest slot: the older one is used.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xff; 16], 8).unwrap();
         assert_eq!(HeaderFile::open(&path).unwrap().1.unwrap().next_seq, 10);
         // Tear both: refuse to open rather than guess.

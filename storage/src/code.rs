@@ -8,13 +8,13 @@
 use crate::{
     checkpoint::sync_dir,
     frame::{encode_frame, read_frame, FrameRead},
-    mapped::{file_error, FileError},
+    mapped::{file_error, open_rw, FileError},
 };
 use alloy_primitives::{Bytes, B256};
 use revm::bytecode::Bytecode;
 use std::{
     collections::HashMap,
-    fs::{File, OpenOptions},
+    fs::File,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -52,14 +52,7 @@ pub(crate) struct CodeFile {
 impl CodeFile {
     /// Opens `path`, trusting the first `len` bytes (the checkpoint's) and cutting the rest.
     pub(crate) fn open(path: &Path, len: u64) -> Result<Self, CodeFileError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(file_error("open", path))?;
-        let on_disk = file.metadata().map_err(file_error("stat", path))?.len();
+        let (file, on_disk) = open_rw(path)?;
         if on_disk < len {
             return Err(CodeFileError::Corrupt { path: path.to_path_buf(), offset: on_disk });
         }

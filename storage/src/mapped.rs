@@ -34,6 +34,28 @@ pub(crate) fn file_error(
     move |source| FileError { op, path, source }
 }
 
+/// Opens `path` for reading and writing, creating it empty if missing, and returns its length.
+pub(crate) fn open_rw(path: &Path) -> Result<(File, u64), FileError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(file_error("open", path))?;
+    let len = file.metadata().map_err(file_error("stat", path))?.len();
+    Ok((file, len))
+}
+
+/// Removes `path`; `false` when there was nothing to remove.
+pub(crate) fn remove_if_present(path: &Path) -> Result<bool, FileError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(file_error("remove", path)(e)),
+    }
+}
+
 /// A read-write memory map over a whole file.
 pub(crate) struct MappedFile {
     file: File,
@@ -44,14 +66,7 @@ pub(crate) struct MappedFile {
 impl MappedFile {
     /// Opens (creating) `path` and maps it, growing it to at least `min_len` bytes.
     pub(crate) fn open(path: &Path, min_len: u64) -> Result<Self, FileError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(file_error("open", path))?;
-        let len = file.metadata().map_err(file_error("stat", path))?.len();
+        let (file, len) = open_rw(path)?;
         let want = len.max(min_len).max(MIN_MAP_BYTES);
         if want > len {
             file.set_len(want).map_err(file_error("grow", path))?;
@@ -118,8 +133,10 @@ fn reserve(file: &File, len: u64, path: &Path) -> Result<(), FileError> {
 fn map(file: &File, path: &Path) -> Result<MmapMut, FileError> {
     // SAFETY: the mapped file lives in a datadir that this process holds an exclusive lock on
     // (`LOCK`, taken before any file is opened), so no other process truncates or writes it
-    // while it is mapped; this process only changes its length through `ensure_len`/`set_len`,
-    // which take `&mut self` and replace the map, so no reference into the old map survives.
+    // while it is mapped; this process only changes its length through `ensure_len`, which takes
+    // `&mut self` and replaces the map, so no reference into the old map survives. (Files are
+    // deleted only by a store that has dropped its maps: `PersistentStore::recreate` and a new
+    // store's open, before any table is mapped.)
     unsafe { MmapOptions::new().map_mut(file) }.map_err(file_error("mmap", path))
 }
 

@@ -25,7 +25,7 @@ use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
     code::CodeFile,
     proof::{self, bucket_proof, decode_account, encode_account, slot_key, StateProof},
-    table::{AccountRecord, Keep, SlotRecord, Table, TableFile, TablePlan},
+    table::{AccountRecord, Keep, Record, SlotRecord, Table, TableFile, TablePlan},
     AccountState, StateDiff, StateStore, StateView, StoreError,
 };
 use alloy_primitives::{map::HashMap, Address, B256, U256};
@@ -140,6 +140,19 @@ impl Drop for Epoch {
     }
 }
 
+/// The value a key had for views of `epoch`, if a checkpoint since overwrote it: the first undo
+/// layer holding the key, from `epoch` forward. Call with the tables' read lock held, so no
+/// checkpoint can publish a layer and write the tables in between.
+fn undone<T>(epoch: &Epoch, find: impl Fn(&Undo) -> Option<T>) -> Option<T> {
+    let mut e = epoch;
+    loop {
+        if let Some(v) = e.undo.get().and_then(&find) {
+            return Some(v);
+        }
+        e = e.next.get()?;
+    }
+}
+
 struct Tables {
     accounts: Table<AccountRecord>,
     slots: Table<SlotRecord>,
@@ -161,30 +174,16 @@ impl Base {
 
     fn account(&self, epoch: &Epoch, address: &Address) -> Option<AccountState> {
         let tables = self.read();
-        let mut e = epoch;
-        loop {
-            if let Some(v) = e.undo.get().and_then(|u| u.accounts.get(address)) {
-                return *v;
-            }
-            match e.next.get() {
-                Some(n) => e = n,
-                None => break,
-            }
+        if let Some(v) = undone(epoch, |u| u.accounts.get(address).copied()) {
+            return v;
         }
         tables.accounts.get(&address.0 .0).map(|r| decode_account(&r))
     }
 
     fn slot(&self, epoch: &Epoch, address: &Address, slot: &U256) -> U256 {
         let tables = self.read();
-        let mut e = epoch;
-        loop {
-            if let Some(v) = e.undo.get().and_then(|u| u.slots.get(&(*address, *slot))) {
-                return *v;
-            }
-            match e.next.get() {
-                Some(n) => e = n,
-                None => break,
-            }
+        if let Some(v) = undone(epoch, |u| u.slots.get(&(*address, *slot)).copied()) {
+            return v;
         }
         tables
             .slots
@@ -354,7 +353,7 @@ impl PersistentStore {
         let lock = self._lock.try_clone().map_err(crate::mapped::file_error("dup", &dir))?;
         drop(self);
         for name in ["HEADER", "journal"] {
-            remove_if_present(&dir.join(name))?;
+            crate::mapped::remove_if_present(&dir.join(name))?;
         }
         Self::open_locked(&dir, options, lock)
     }
@@ -367,10 +366,10 @@ impl PersistentStore {
             // (which is also why the first checkpoint needs no journal).
             for name in ["accounts", "slots"] {
                 for ext in ["dir", "dat", "tree"] {
-                    remove_if_present(&dir.join(format!("{name}.{ext}")))?;
+                    crate::mapped::remove_if_present(&dir.join(format!("{name}.{ext}")))?;
                 }
             }
-            remove_if_present(&dir.join("code.dat"))?;
+            crate::mapped::remove_if_present(&dir.join("code.dat"))?;
         }
         let header = header.unwrap_or(Header {
             accounts_log2: options.accounts_log2_buckets,
@@ -667,18 +666,12 @@ impl PersistentStore {
             let written: std::collections::HashSet<[u8; 52]> =
                 changes.iter().map(|(k, _)| *k).collect();
             for r in tables.slots.records() {
-                if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key_bytes()) {
-                    changes.push((r.key_bytes(), None));
+                if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key()) {
+                    changes.push((r.key(), None));
                 }
             }
         }
         changes
-    }
-}
-
-impl SlotRecord {
-    fn key_bytes(&self) -> [u8; 52] {
-        crate::table::Record::key(self)
     }
 }
 
@@ -752,15 +745,6 @@ impl Drop for PersistentStore {
         if let Err(e) = self.wait_for_checkpoint() {
             tracing::error!(%e, "the last checkpoint failed; the next open rolls it back");
         }
-    }
-}
-
-fn remove_if_present(path: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(crate::mapped::file_error("remove", path)(e).into())
-        }
-        _ => Ok(()),
     }
 }
 

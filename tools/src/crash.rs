@@ -25,7 +25,7 @@ use std::{
 
 /// Init code that stores 42 in slot 0 and deploys a one-byte contract: exercises storage and
 /// the code file, not just balances.
-const INIT_CODE: [u8; 10] = [0x60, 0x2a, 0x60, 0x00, 0x55, 0x60, 0x01, 0x60, 0x00, 0xf3];
+pub const INIT_CODE: [u8; 10] = [0x60, 0x2a, 0x60, 0x00, 0x55, 0x60, 0x01, 0x60, 0x00, 0xf3];
 /// Longest a restarted node may take to serve again.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
