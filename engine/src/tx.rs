@@ -209,6 +209,21 @@ pub fn decode_and_recover(raw: &[u8], rules: &IntakeRules) -> Result<RecoveredTx
             other => other,
         });
     }
+    recovered(envelope, raw.len())
+}
+
+/// Decodes `raw` (EIP-2718) and recovers its sender and EIP-7702 authorities, with no check of
+/// the chain's intake rules: for transactions already in a block (replay and verification).
+pub fn recover(raw: &[u8]) -> Result<RecoveredTx, TxError> {
+    let mut buf = raw;
+    let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
+    if !buf.is_empty() {
+        return Err(TxError::Decode("input contains more than one value".into()));
+    }
+    recovered(envelope, raw.len())
+}
+
+fn recovered(envelope: TxEnvelope, encoded_len: usize) -> Result<RecoveredTx, TxError> {
     let sender = recover_signer(envelope.signature(), envelope.signature_hash())?;
     let authorities = match envelope.authorization_list() {
         Some(list) => list
@@ -221,7 +236,7 @@ pub fn decode_and_recover(raw: &[u8], rules: &IntakeRules) -> Result<RecoveredTx
         None => Vec::new(),
     };
     let hash = *envelope.tx_hash();
-    Ok(RecoveredTx { envelope, sender, hash, encoded_len: raw.len(), authorities })
+    Ok(RecoveredTx { envelope, sender, hash, encoded_len, authorities })
 }
 
 /// Checks that depend only on the transaction and the chain's rules.

@@ -6,12 +6,15 @@
 //! the settlement verifier re-executes the same way from L1 data.
 
 use crate::{
+    chain::IncludedTx,
+    config::{next_base_fee, INITIAL_BASE_FEE_WEI},
     exec::{execute_sequential, tx_envs, BlockContext},
-    record,
+    record::{self, TxRecord},
     tx::RecoveredTx,
 };
-use alloy_primitives::B256;
-use std::path::Path;
+use alloy_consensus::{proofs, Header};
+use alloy_primitives::{keccak256, Bloom, B256};
+use std::{path::Path, sync::Arc};
 use strobe_storage::{
     codec::{Decoder, Encoder},
     ChainStore, ChainStoreOptions, PersistentStore, StateDiff, StateStore, StoreOptions, ViewDb,
@@ -61,7 +64,8 @@ pub fn write_genesis(datadir: &Path, chain_id: u64, diff: &StateDiff) -> std::io
     std::fs::File::open(datadir)?.sync_all()
 }
 
-fn read_genesis(datadir: &Path) -> Result<(u64, StateDiff), VerifyError> {
+/// Reads the genesis record (chain id and genesis state) of `datadir`.
+pub fn read_genesis(datadir: &Path) -> Result<(u64, StateDiff), VerifyError> {
     let bytes = std::fs::read(datadir.join(GENESIS_FILE))
         .map_err(|e| VerifyError::Read(format!("{GENESIS_FILE}: {e}")))?;
     let mut d = Decoder::new(&bytes);
@@ -74,8 +78,183 @@ fn read_genesis(datadir: &Path) -> Result<(u64, StateDiff), VerifyError> {
     Ok(out)
 }
 
+/// Re-executes a chain block by block into a fresh store, from its genesis state, checking every
+/// header field that follows from the transactions: the link to the parent, the base fee and
+/// PREVRANDAO rules, gas used, logs bloom, transactions and receipts roots, the state root and
+/// the block hash. Shared by [`verify_datadir`] and the settlement verifier, so a chain rebuilt
+/// from L1 is checked exactly like one read from disk.
+pub struct Replayer {
+    chain_id: u64,
+    store: PersistentStore,
+    root: B256,
+    seq: u64,
+    parent: Option<(Header, B256)>,
+    hashes: Vec<B256>,
+    transactions: u64,
+}
+
+impl Replayer {
+    /// A replayer whose store (in `scratch`, which must not hold one yet) starts with `genesis`.
+    pub fn new(
+        chain_id: u64,
+        genesis: &StateDiff,
+        options: StoreOptions,
+        scratch: &Path,
+    ) -> Result<Self, VerifyError> {
+        let read = |e: &dyn std::fmt::Display| VerifyError::Read(format!("scratch store: {e}"));
+        let mut store = PersistentStore::open(scratch, options).map_err(|e| read(&e))?;
+        store.apply(genesis).map_err(|e| read(&e))?;
+        let root = store.commit(0, 0).map_err(|e| read(&e))?;
+        Ok(Self { chain_id, store, root, seq: 0, parent: None, hashes: Vec::new(), transactions: 0 })
+    }
+
+    /// Number of the block [`Self::replay`] expects next.
+    pub fn next_number(&self) -> u64 {
+        self.parent.as_ref().map_or(0, |(h, _)| h.number + 1)
+    }
+
+    /// State root after the last replayed block.
+    pub fn root(&self) -> B256 {
+        self.root
+    }
+
+    /// Hash of the last replayed block.
+    pub fn head_hash(&self) -> Option<B256> {
+        self.parent.as_ref().map(|(_, hash)| *hash)
+    }
+
+    /// Transactions replayed so far.
+    pub fn transactions(&self) -> u64 {
+        self.transactions
+    }
+
+    /// Checks `header` against its parent, executes `txs` on sequential revm, checks every
+    /// derived header field, and returns the block's hash and its included transactions
+    /// (receipt data). The first mismatch is an error naming the block.
+    pub fn replay(
+        &mut self,
+        header: &Header,
+        txs: &[Arc<RecoveredTx>],
+    ) -> Result<(B256, Vec<IncludedTx>), VerifyError> {
+        let n = self.next_number();
+        let mismatch = |what: String| VerifyError::Mismatch { block: n, what };
+        if header.number != n {
+            return Err(mismatch(format!("header says block {}", header.number)));
+        }
+        let mut included = Vec::with_capacity(txs.len());
+        match &self.parent {
+            None => {
+                if !txs.is_empty() {
+                    return Err(mismatch("the genesis block carries transactions".into()));
+                }
+                if header.base_fee_per_gas != Some(INITIAL_BASE_FEE_WEI) {
+                    return Err(mismatch("genesis base fee is not the initial base fee".into()));
+                }
+            }
+            Some((parent, parent_hash)) => {
+                if header.parent_hash != *parent_hash {
+                    return Err(mismatch(format!(
+                        "parent hash {} is not block {}'s hash {parent_hash}",
+                        header.parent_hash,
+                        n - 1
+                    )));
+                }
+                let base_fee = next_base_fee(
+                    parent.base_fee_per_gas.unwrap_or(INITIAL_BASE_FEE_WEI),
+                    parent.gas_used,
+                    parent.gas_limit,
+                );
+                if header.base_fee_per_gas != Some(base_fee) {
+                    return Err(mismatch(format!(
+                        "base fee {:?} breaks EIP-1559 (expected {base_fee})",
+                        header.base_fee_per_gas
+                    )));
+                }
+                if header.mix_hash != keccak256(parent_hash) {
+                    return Err(mismatch("PREVRANDAO is not keccak256(parent hash)".into()));
+                }
+                if header.timestamp < parent.timestamp {
+                    return Err(mismatch("timestamp goes backwards".into()));
+                }
+                let ctx = BlockContext {
+                    number: n,
+                    timestamp: header.timestamp,
+                    beneficiary: header.beneficiary,
+                    gas_limit: header.gas_limit,
+                    base_fee,
+                    prevrandao: header.mix_hash,
+                    chain_id: self.chain_id,
+                };
+                let refs: Vec<&RecoveredTx> = txs.iter().map(|t| t.as_ref()).collect();
+                let view = self.store.view();
+                let hashes = &self.hashes;
+                let lookup = |k: u64| hashes.get(k as usize).copied().unwrap_or_default();
+                let out = execute_sequential(
+                    ViewDb { view: &*view, block_hash: &lookup },
+                    &ctx.exec_env(),
+                    &tx_envs(&refs),
+                );
+                let (mut cumulative, mut log_index) = (0u64, 0u32);
+                for (i, (tx, result)) in txs.iter().zip(out.results).enumerate() {
+                    let exec = result.map_err(|e| {
+                        mismatch(format!("transaction {i} ({}) is invalid: {e}", tx.hash))
+                    })?;
+                    cumulative += exec.gas_used;
+                    let record = TxRecord { tx: tx.clone(), exec, mini_block_number: 0 };
+                    let inc = record::included(record, n, i as u32, cumulative, log_index, base_fee);
+                    log_index += inc.logs.len() as u32;
+                    included.push(inc);
+                }
+                if cumulative != header.gas_used {
+                    return Err(mismatch(format!(
+                        "gas used {cumulative} recomputed, header has {}",
+                        header.gas_used
+                    )));
+                }
+                self.store.apply(&out.diff).map_err(|e| VerifyError::Read(e.to_string()))?;
+                self.seq += 1;
+                self.root = self
+                    .store
+                    .commit(self.seq, n)
+                    .map_err(|e| VerifyError::Read(e.to_string()))?;
+                self.transactions += txs.len() as u64;
+            }
+        }
+        let bloom = included.iter().fold(Bloom::ZERO, |b, t| b | t.bloom);
+        if bloom != header.logs_bloom {
+            return Err(mismatch("logs bloom differs from the recomputed one".into()));
+        }
+        let envelopes: Vec<_> = txs.iter().map(|t| t.envelope.clone()).collect();
+        let transactions_root = proofs::calculate_transaction_root(&envelopes);
+        if transactions_root != header.transactions_root {
+            return Err(mismatch(format!(
+                "transactions root {transactions_root} recomputed, header has {}",
+                header.transactions_root
+            )));
+        }
+        let receipts: Vec<_> = included.iter().map(|t| t.receipt()).collect();
+        let receipts_root = proofs::calculate_receipt_root(&receipts);
+        if receipts_root != header.receipts_root {
+            return Err(mismatch(format!(
+                "receipts root {receipts_root} recomputed, header has {}",
+                header.receipts_root
+            )));
+        }
+        if self.root != header.state_root {
+            return Err(mismatch(format!(
+                "state root {} recomputed, header has {}",
+                self.root, header.state_root
+            )));
+        }
+        let hash = header.hash_slow();
+        self.hashes.push(hash);
+        self.parent = Some((header.clone(), hash));
+        Ok((hash, included))
+    }
+}
+
 /// Re-executes every block of the (stopped) node in `datadir` into a fresh store in `scratch`
-/// and checks each block's receipts and state root, then the directory's own checkpoint.
+/// and checks each block's header, receipts and state root, then the directory's own checkpoint.
 pub fn verify_datadir(datadir: &Path, scratch: &Path) -> Result<VerifyReport, VerifyError> {
     let read = |e: &dyn std::fmt::Display| VerifyError::Read(e.to_string());
     let (chain_id, genesis) = read_genesis(datadir)?;
@@ -91,12 +270,7 @@ pub fn verify_datadir(datadir: &Path, scratch: &Path) -> Result<VerifyReport, Ve
     };
     let chain = ChainStore::open(&datadir.join("chain"), ChainStoreOptions::default())
         .map_err(|e| read(&e))?;
-    let mut store = PersistentStore::open(scratch, options).map_err(|e| read(&e))?;
-    store.apply(&genesis).map_err(|e| read(&e))?;
-    let mut root = store.commit(0, 0).map_err(|e| read(&e))?;
-    let mut hashes: Vec<B256> = Vec::new();
-    let mut transactions = 0u64;
-    let mut seq = 0u64;
+    let mut replayer = Replayer::new(chain_id, &genesis, options, scratch)?;
     for n in 0..chain.len() {
         let mismatch = |what: String| VerifyError::Mismatch { block: n, what };
         let bytes = chain
@@ -105,58 +279,25 @@ pub fn verify_datadir(datadir: &Path, scratch: &Path) -> Result<VerifyReport, Ve
             .ok_or_else(|| mismatch("missing from the chain store".into()))?;
         let block =
             record::decode_block(&bytes).map_err(|e| mismatch(format!("undecodable: {e}")))?;
-        let h = &block.header;
-        if h.number != n {
-            return Err(mismatch(format!("header says block {}", h.number)));
-        }
-        if n > 0 {
-            if h.parent_hash != hashes[n as usize - 1] {
-                return Err(mismatch("parent hash does not match the previous block".into()));
+        let txs: Vec<Arc<RecoveredTx>> = block.txs.iter().map(|t| t.tx.clone()).collect();
+        let (hash, replayed) = replayer.replay(&block.header, &txs)?;
+        for (i, (stored, exec)) in block.txs.iter().zip(&replayed).enumerate() {
+            let same = exec.success == stored.success
+                && exec.gas_used == stored.gas_used
+                && exec.logs == stored.logs
+                && exec.contract_address == stored.contract_address;
+            if !same {
+                return Err(mismatch(format!(
+                    "transaction {i} ({}) executes differently than its stored receipt",
+                    stored.tx.hash
+                )));
             }
-            let ctx = BlockContext {
-                number: n,
-                timestamp: h.timestamp,
-                beneficiary: h.beneficiary,
-                gas_limit: h.gas_limit,
-                base_fee: h.base_fee_per_gas.unwrap_or_default(),
-                prevrandao: h.mix_hash,
-                chain_id,
-            };
-            let txs: Vec<&RecoveredTx> = block.txs.iter().map(|t| t.tx.as_ref()).collect();
-            let lookup = |k: u64| hashes.get(k as usize).copied().unwrap_or_default();
-            let view = store.view();
-            let out = execute_sequential(
-                ViewDb { view: &*view, block_hash: &lookup },
-                &ctx.exec_env(),
-                &tx_envs(&txs),
-            );
-            for (i, (stored, result)) in block.txs.iter().zip(out.results).enumerate() {
-                let exec =
-                    result.map_err(|e| mismatch(format!("transaction {i} is invalid: {e}")))?;
-                let same = exec.success == stored.success
-                    && exec.gas_used == stored.gas_used
-                    && exec.logs == stored.logs
-                    && exec.contract_address == stored.contract_address;
-                if !same {
-                    return Err(mismatch(format!(
-                        "transaction {i} ({}) executes differently than its stored receipt",
-                        stored.tx.hash
-                    )));
-                }
-            }
-            transactions += block.txs.len() as u64;
-            store.apply(&out.diff).map_err(|e| read(&e))?;
-            seq += 1;
-            root = store.commit(seq, n).map_err(|e| read(&e))?;
         }
-        if root != h.state_root {
-            return Err(mismatch(format!(
-                "state root {} recomputed, header has {}",
-                root, h.state_root
-            )));
+        if hash != block.hash {
+            return Err(mismatch(format!("stored hash {} is not the header's {hash}", block.hash)));
         }
-        hashes.push(block.hash);
     }
+    let root = replayer.root();
     let head = chain.len().saturating_sub(1);
     if checkpoint.0 == head && checkpoint.1 != root {
         return Err(VerifyError::Mismatch {
@@ -167,5 +308,10 @@ pub fn verify_datadir(datadir: &Path, scratch: &Path) -> Result<VerifyReport, Ve
             ),
         });
     }
-    Ok(VerifyReport { blocks: chain.len(), transactions, head_root: root, checkpoint })
+    Ok(VerifyReport {
+        blocks: chain.len(),
+        transactions: replayer.transactions(),
+        head_root: root,
+        checkpoint,
+    })
 }

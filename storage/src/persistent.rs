@@ -42,7 +42,7 @@ use std::{
 };
 
 /// Shape of a new store (ignored when opening an existing one).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// log2 of the number of account buckets (even; the tree has fan-out 4).
     pub accounts_log2_buckets: u32,
