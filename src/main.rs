@@ -24,6 +24,7 @@ use strobe_engine::{
 };
 
 mod genesis;
+mod settle;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -55,6 +56,11 @@ enum Command {
     /// Inspect a data directory.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Rebuild the chain from the batches on L1 (and EigenDA), re-execute every block from
+    /// genesis and check every block hash and state root; exits non-zero at the first mismatch.
+    Verify(settle::VerifyArgs),
+    /// Deploy an inbox contract on L1 for a sequencer key and print its address.
+    DeployInbox(settle::DeployArgs),
 }
 
 #[derive(Subcommand)]
@@ -79,12 +85,16 @@ enum DbCommand {
 struct NodeArgs {
     #[command(flatten)]
     chain: ChainArgs,
+    #[command(flatten)]
+    settle: settle::SettleArgs,
 }
 
 #[derive(Args, Clone)]
 struct DevArgs {
     #[command(flatten)]
     chain: ChainArgs,
+    #[command(flatten)]
+    settle: settle::SettleArgs,
     /// Number of prefunded dev accounts derived from the mnemonic.
     #[arg(long, default_value_t = 10)]
     accounts: u32,
@@ -153,7 +163,7 @@ struct ChainArgs {
 }
 
 /// Parses `10ms`, `500us`, `2s`, `1m` or a bare number of milliseconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -174,7 +184,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Errors reported to the operator.
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
+    #[error("settlement: {0}")]
+    Settlement(String),
     #[error("could not derive dev account {index} from the mnemonic: {reason}")]
     Mnemonic { index: u32, reason: String },
     #[error("could not read genesis file {path}: {reason}")]
@@ -241,6 +253,8 @@ fn main() -> ExitCode {
         Command::Node(args) => run_node(args),
         Command::Db(DbCommand::Stats { datadir }) => db_stats(&datadir),
         Command::Db(DbCommand::Verify { datadir }) => db_verify(&datadir),
+        Command::Verify(args) => settle::run_verify(args),
+        Command::DeployInbox(args) => settle::run_deploy(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -279,7 +293,8 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
     if !args.quiet {
         print_banner(&keys, args.balance, &config);
     }
-    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect())
+    let settlement = settle::start(&args.settle, &engine)?;
+    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect(), settlement)
 }
 
 fn run_node(args: NodeArgs) -> Result<(), CliError> {
@@ -304,7 +319,8 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
         head.hash,
         head.header.state_root
     );
-    serve(listener, engine, Vec::new())
+    let settlement = settle::start(&args.settle, &engine)?;
+    serve(listener, engine, Vec::new(), settlement)
 }
 
 /// The chain configuration and genesis from the shared flags.
@@ -373,6 +389,7 @@ fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     accounts: Vec<Address>,
+    settlement: Option<settle::Settlement>,
 ) -> Result<(), CliError> {
     let local = listener
         .local_addr()
@@ -398,6 +415,9 @@ fn serve(
     let served = strobe_net::serve(listener, engine.clone(), accounts, &stop);
     stop.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
+    if let Some(s) = settlement {
+        s.stop();
+    }
     let fatal = engine.fatal_error();
     match Arc::try_unwrap(engine) {
         Ok(mut engine) => engine.shutdown(),

@@ -21,6 +21,8 @@ use strobe_storage::{
 /// A running engine: the sequencer thread plus the handles to talk to it.
 pub struct Engine {
     config: ChainConfig,
+    /// The data directory and the shape of its state store, for a durable engine.
+    durable: Option<(std::path::PathBuf, StoreOptions)>,
     shared: Arc<Shared>,
     intake: Sender<Command>,
     thread: Option<JoinHandle<()>>,
@@ -34,7 +36,7 @@ impl Engine {
         genesis: &Genesis,
         store: Box<dyn StateStore>,
     ) -> Result<Self, crate::EngineError> {
-        Self::launch(config, genesis, store, None)
+        Self::launch(config, genesis, store, None, None)
     }
 
     /// Opens (or creates, from `genesis`) a durable chain in `datadir`: the state store in
@@ -76,7 +78,15 @@ impl Engine {
                 ))
             })?;
         }
-        Self::launch(config, genesis, Box::new(store), Some((Durable { wal, chain }, records)))
+        let (accounts_log2_buckets, slots_log2_buckets) = store.stats().log2_buckets;
+        let shape = StoreOptions { accounts_log2_buckets, slots_log2_buckets };
+        Self::launch(
+            config,
+            genesis,
+            Box::new(store),
+            Some((Durable { wal, chain }, records)),
+            Some((datadir.to_path_buf(), shape)),
+        )
     }
 
     fn launch(
@@ -84,6 +94,7 @@ impl Engine {
         genesis: &Genesis,
         store: Box<dyn StateStore>,
         durable: Option<(Durable, Vec<strobe_storage::WalRecord>)>,
+        datadir: Option<(std::path::PathBuf, StoreOptions)>,
     ) -> Result<Self, crate::EngineError> {
         let (sequencer, shared) = Sequencer::new(config.clone(), genesis, store, durable)?;
         let (intake, rx) = bounded(INTAKE_QUEUE_CAPACITY);
@@ -91,12 +102,18 @@ impl Engine {
             .name("strobe-sequencer".into())
             .spawn(move || sequencer.run(rx))
             .map_err(crate::EngineError::Thread)?;
-        Ok(Self { config, shared, intake, thread: Some(thread) })
+        Ok(Self { config, durable: datadir, shared, intake, thread: Some(thread) })
     }
 
     /// The chain's configuration.
     pub fn config(&self) -> &ChainConfig {
         &self.config
+    }
+
+    /// For an engine opened on a data directory ([`Self::open`]): the directory, and the shape
+    /// of its state store (which decides every state root).
+    pub fn datadir(&self) -> Option<(&Path, StoreOptions)> {
+        self.durable.as_ref().map(|(p, o)| (p.as_path(), *o))
     }
 
     /// Why the sequencer stopped on its own (a storage failure), if it did. Nothing is sealed or

@@ -105,7 +105,15 @@ impl Replayer {
         let mut store = PersistentStore::open(scratch, options).map_err(|e| read(&e))?;
         store.apply(genesis).map_err(|e| read(&e))?;
         let root = store.commit(0, 0).map_err(|e| read(&e))?;
-        Ok(Self { chain_id, store, root, seq: 0, parent: None, hashes: Vec::new(), transactions: 0 })
+        Ok(Self {
+            chain_id,
+            store,
+            root,
+            seq: 0,
+            parent: None,
+            hashes: Vec::new(),
+            transactions: 0,
+        })
     }
 
     /// Number of the block [`Self::replay`] expects next.
@@ -201,7 +209,8 @@ impl Replayer {
                     })?;
                     cumulative += exec.gas_used;
                     let record = TxRecord { tx: tx.clone(), exec, mini_block_number: 0 };
-                    let inc = record::included(record, n, i as u32, cumulative, log_index, base_fee);
+                    let inc =
+                        record::included(record, n, i as u32, cumulative, log_index, base_fee);
                     log_index += inc.logs.len() as u32;
                     included.push(inc);
                 }
@@ -213,10 +222,8 @@ impl Replayer {
                 }
                 self.store.apply(&out.diff).map_err(|e| VerifyError::Read(e.to_string()))?;
                 self.seq += 1;
-                self.root = self
-                    .store
-                    .commit(self.seq, n)
-                    .map_err(|e| VerifyError::Read(e.to_string()))?;
+                self.root =
+                    self.store.commit(self.seq, n).map_err(|e| VerifyError::Read(e.to_string()))?;
                 self.transactions += txs.len() as u64;
             }
         }

@@ -70,12 +70,15 @@ pub fn install_anvil() -> Result<PathBuf, SettlementError> {
         .arg(&dir)
         .arg(ANVIL_NPM_PACKAGE)
         .status()
-        .map_err(|e| SettlementError::Config(format!("running npm (is Node.js installed?): {e}")))?;
+        .map_err(|e| {
+            SettlementError::Config(format!("running npm (is Node.js installed?): {e}"))
+        })?;
     if !status.success() {
         return Err(SettlementError::Config(format!("npm install {ANVIL_NPM_PACKAGE} failed")));
     }
-    binary_in(&dir.join("node_modules"))
-        .ok_or_else(|| SettlementError::Config("npm installed anvil but no binary was found".into()))
+    binary_in(&dir.join("node_modules")).ok_or_else(|| {
+        SettlementError::Config("npm installed anvil but no binary was found".into())
+    })
 }
 
 /// A running anvil child process; killed when dropped.

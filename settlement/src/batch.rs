@@ -17,12 +17,16 @@
 //! The whole is compressed with zstd; decompression is bounded by [`MAX_BATCH_RAW_BYTES`] so a
 //! hostile post cannot exhaust the verifier's memory.
 
+use alloy::eips::eip2718::Encodable2718;
 use alloy_consensus::Header;
 use alloy_primitives::Bytes;
 use alloy_rlp::{Decodable, Encodable};
-use strobe_engine::storage::{
-    codec::{DecodeError, Decoder, Encoder},
-    StateDiff, StoreOptions,
+use strobe_engine::{
+    chain::SealedBlock,
+    storage::{
+        codec::{DecodeError, Decoder, Encoder},
+        StateDiff, StoreOptions,
+    },
 };
 
 /// First bytes of every batch.
@@ -69,6 +73,14 @@ pub struct BatchBlock {
     pub header: Header,
     /// Its transactions, EIP-2718 encoded, in order.
     pub txs: Vec<Bytes>,
+}
+
+impl BatchBlock {
+    /// The posted form of a sealed block.
+    pub fn from_sealed(block: &SealedBlock) -> Self {
+        let txs = block.txs.iter().map(|t| t.tx.envelope.encoded_2718().into()).collect();
+        Self { header: block.header.clone(), txs }
+    }
 }
 
 /// A run of consecutive blocks.
@@ -135,10 +147,8 @@ impl Batch {
         let first = d.u64()?;
         let genesis = if d.bool()? {
             let chain_id = d.u64()?;
-            let options = StoreOptions {
-                accounts_log2_buckets: d.u32()?,
-                slots_log2_buckets: d.u32()?,
-            };
+            let options =
+                StoreOptions { accounts_log2_buckets: d.u32()?, slots_log2_buckets: d.u32()? };
             Some(GenesisRecord { chain_id, options, state: StateDiff::decode(&mut d)? })
         } else {
             None
@@ -154,9 +164,8 @@ impl Batch {
         let mut blocks = Vec::with_capacity(count);
         for i in 0..count as u64 {
             let raw = d.bytes()?;
-            let header = Header::decode(&mut &raw[..]).map_err(|e| {
-                BatchError::Decode(format!("header of block {}: {e}", first + i))
-            })?;
+            let header = Header::decode(&mut &raw[..])
+                .map_err(|e| BatchError::Decode(format!("header of block {}: {e}", first + i)))?;
             if header.number != first + i {
                 return Err(BatchError::Decode(format!(
                     "block {} found where block {} belongs",
@@ -202,10 +211,7 @@ mod tests {
             base_fee_per_gas: Some(7),
             ..Default::default()
         };
-        BatchBlock {
-            header,
-            txs: (0..txs).map(|i| Bytes::from(vec![i as u8; 100 + i])).collect(),
-        }
+        BatchBlock { header, txs: (0..txs).map(|i| Bytes::from(vec![i as u8; 100 + i])).collect() }
     }
 
     fn genesis() -> GenesisRecord {

@@ -180,7 +180,10 @@ impl MemStore {
     /// Replaces the data behind `commitment`: a DA layer serving the wrong bytes, for
     /// fault-injection tests of the verifier.
     pub fn overwrite(&self, commitment: &[u8], data: Vec<u8>) {
-        self.blobs.lock().unwrap_or_else(|p| p.into_inner()).insert(commitment.to_vec(), data.into());
+        self.blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(commitment.to_vec(), data.into());
     }
 }
 
@@ -258,7 +261,9 @@ fn serve(mut stream: TcpStream, blobs: &Blobs) -> std::io::Result<()> {
                     break (n, method, req.path.unwrap_or("").to_string(), length);
                 }
                 Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {}
-                Ok(httparse::Status::Partial) => return respond(&mut stream, 431, b"head too large"),
+                Ok(httparse::Status::Partial) => {
+                    return respond(&mut stream, 431, b"head too large")
+                }
                 Err(_) => return respond(&mut stream, 400, b"malformed request"),
             }
             let n = stream.read(&mut chunk)?;
@@ -287,7 +292,10 @@ fn serve(mut stream: TcpStream, blobs: &Blobs) -> std::io::Result<()> {
         match (method.as_str(), route) {
             ("POST", "/put") | ("POST", "/put/") => {
                 let commitment = memstore_commitment(&body);
-                blobs.lock().unwrap_or_else(|p| p.into_inner()).insert(commitment.clone(), body.into());
+                blobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(commitment.clone(), body.into());
                 respond(&mut stream, 200, &commitment)?;
             }
             ("GET", r) if r.starts_with("/get/0x") => match hex::decode(&r[7..]) {

@@ -102,7 +102,10 @@ pub fn creation_code(sequencer: Address) -> Bytes {
 
 /// Deploys an inbox for `sequencer` from the provider's wallet and returns its address once
 /// the deployment is mined.
-pub async fn deploy(provider: &DynProvider, sequencer: Address) -> Result<Address, SettlementError> {
+pub async fn deploy(
+    provider: &DynProvider,
+    sequencer: Address,
+) -> Result<Address, SettlementError> {
     let req = TransactionRequest::default().with_deploy_code(creation_code(sequencer));
     let receipt = provider
         .send_transaction(req)

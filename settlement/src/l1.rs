@@ -11,14 +11,19 @@ use alloy::{
 /// A read-only connection to the L1 JSON-RPC endpoint `url` (no fillers: every transaction the
 /// poster sends is built, priced and signed by the poster itself).
 pub fn connect(url: &str) -> Result<DynProvider, SettlementError> {
-    let url = url.parse().map_err(|e| SettlementError::Config(format!("L1 RPC URL `{url}`: {e}")))?;
+    let url =
+        url.parse().map_err(|e| SettlementError::Config(format!("L1 RPC URL `{url}`: {e}")))?;
     Ok(ProviderBuilder::default().connect_http(url).erased())
 }
 
 /// A connection that signs with `key` and fills nonce, gas and fees itself (for one-off
 /// transactions such as deploying the inbox).
-pub fn connect_with_wallet(url: &str, key: PrivateKeySigner) -> Result<DynProvider, SettlementError> {
-    let url = url.parse().map_err(|e| SettlementError::Config(format!("L1 RPC URL `{url}`: {e}")))?;
+pub fn connect_with_wallet(
+    url: &str,
+    key: PrivateKeySigner,
+) -> Result<DynProvider, SettlementError> {
+    let url =
+        url.parse().map_err(|e| SettlementError::Config(format!("L1 RPC URL `{url}`: {e}")))?;
     Ok(ProviderBuilder::new().wallet(EthereumWallet::from(key)).connect_http(url).erased())
 }
 

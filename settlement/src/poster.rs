@@ -24,7 +24,7 @@ use crate::{
 };
 use alloy::{
     consensus::{SignableTransaction, TxEip1559, TxEnvelope},
-    eips::{eip2718::Encodable2718, BlockNumberOrTag},
+    eips::{eip2718::Encodable2718, BlockId, BlockNumberOrTag},
     network::{TransactionBuilder, TxSignerSync},
     primitives::{keccak256, Address, TxKind, B256, U256},
     providers::{DynProvider, Provider},
@@ -335,6 +335,7 @@ impl Worker {
             }
             Posted::Refused(reason) => {
                 tracing::warn!(index, %reason, "the inbox refused the batch; re-reading it");
+                self.sleep(RETRY_BACKOFF).await;
             }
         }
         Ok(true)
@@ -395,12 +396,15 @@ impl Worker {
         };
         let input = call.abi_encode();
         let from = self.config.key.address();
-        let l1 = |what: &str, e: &dyn std::fmt::Display| SettlementError::L1(format!("{what}: {e}"));
+        let l1 =
+            |what: &str, e: &dyn std::fmt::Display| SettlementError::L1(format!("{what}: {e}"));
         let request = TransactionRequest::default()
             .with_from(from)
             .with_to(self.config.inbox)
             .with_input(input.clone());
-        let gas = match self.provider.estimate_gas(request).await {
+        // At `latest`, where the inbox position was read: a node that estimates against its
+        // pending block (anvil) would see a previous run's unmined post there.
+        let gas = match self.provider.estimate_gas(request).block(BlockId::latest()).await {
             Ok(gas) => gas,
             Err(e) => {
                 return match l1::classify(&e) {
@@ -521,7 +525,10 @@ impl Worker {
         Ok((new_fee, new_tip))
     }
 
-    async fn find_receipt(&self, sent: &[B256]) -> Result<Option<TransactionReceipt>, SettlementError> {
+    async fn find_receipt(
+        &self,
+        sent: &[B256],
+    ) -> Result<Option<TransactionReceipt>, SettlementError> {
         for hash in sent {
             let r = self
                 .provider
@@ -539,7 +546,10 @@ impl Worker {
     async fn settle(&mut self, receipt: TransactionReceipt) -> Result<Posted, SettlementError> {
         self.maybe_crash("after-receipt");
         if !receipt.status() {
-            return Ok(Posted::Refused(format!("L1 transaction {} reverted", receipt.transaction_hash)));
+            return Ok(Posted::Refused(format!(
+                "L1 transaction {} reverted",
+                receipt.transaction_hash
+            )));
         }
         let mined_in = receipt.block_number.unwrap_or_default();
         loop {

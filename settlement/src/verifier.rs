@@ -105,12 +105,10 @@ async fn verify_async(
     scratch: &Path,
 ) -> Result<VerifyReport, VerifyFailure> {
     let provider = l1::connect(&options.l1_rpc)?;
-    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-        VerifyFailure::Unavailable(format!("{what}: {e}"))
-    };
+    let unavailable =
+        |what: &str, e: &dyn std::fmt::Display| VerifyFailure::Unavailable(format!("{what}: {e}"));
     let inbox = StrobeInbox::new(options.inbox, &provider);
-    let count =
-        inbox.nextIndex().call().await.map_err(|e| unavailable("reading the inbox", &e))?;
+    let count = inbox.nextIndex().call().await.map_err(|e| unavailable("reading the inbox", &e))?;
     let events = batch_events(&provider, options, count).await?;
     let da = options.da_url.as_deref().map(DaClient::new);
     let mut replayer: Option<Replayer> = None;
@@ -193,7 +191,9 @@ async fn verify_async(
                 txs.push(Arc::new(tx));
             }
             let (hash, _) = replayer.replay(&block.header, &txs).map_err(|e| match e {
-                VerifyError::Mismatch { block, what } => VerifyFailure::Block { index, block, what },
+                VerifyError::Mismatch { block, what } => {
+                    VerifyFailure::Block { index, block, what }
+                }
                 VerifyError::Read(what) => VerifyFailure::Unavailable(what),
             })?;
             last_hash = hash;
