@@ -5,6 +5,7 @@
 //! - [`crash`]: crash torture of a persistent node (SIGKILL under load, restart, verify).
 //! - [`fixture`]: real mainnet blocks with their pre-state, replayed and checked against the
 //!   header.
+//! - [`settlement_cost`]: bytes and L1 gas per transaction of batches posted to anvil.
 //! - [`workload`]: a funded state with tokens, pools, a factory and a probe contract, and
 //!   builders of transaction lists for execution benchmarks and differential tests.
 //!
@@ -14,4 +15,5 @@
 pub mod client;
 pub mod crash;
 pub mod fixture;
+pub mod settlement_cost;
 pub mod workload;

@@ -98,6 +98,23 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Posts a workload through `strobe dev --l1 anvil` and reads back from L1 what its batches
+    /// cost: bytes per transaction (raw and zstd-compressed) and L1 gas per L2 transaction
+    /// (JSON line). Needs the `strobe` binary (default: next to this one).
+    SettlementCost {
+        /// transfers or erc20.
+        #[arg(long, default_value = "transfers")]
+        workload: String,
+        /// Transactions in the workload.
+        #[arg(long, default_value_t = 5000)]
+        txs: usize,
+        /// Where batch data goes: none (calldata) or eigenda.
+        #[arg(long, default_value = "none")]
+        da: String,
+        /// The strobe binary.
+        #[arg(long)]
+        strobe: Option<std::path::PathBuf>,
+    },
     /// Creates a data directory whose genesis state holds N funded accounts (JSON line: time,
     /// size, peak memory). Refuses a non-empty directory.
     StateGen {
@@ -267,6 +284,19 @@ fn main() {
                 Ok(out) => out,
                 Err(e) => {
                     eprintln!("exec-bench failed: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Cmd::SettlementCost { workload, txs, da, strobe } => {
+            let strobe = strobe.unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("own path");
+                exe.with_file_name("strobe")
+            });
+            match strobe_tools::settlement_cost::settlement_cost(&strobe, &workload, txs, &da) {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("settlement-cost failed: {e}");
                     std::process::exit(2);
                 }
             }

@@ -42,11 +42,22 @@ pub const START_BALANCE: u128 = 1_000_000 * 10u128.pow(18);
 /// Tokens of each kind each account starts with.
 pub const START_TOKENS: u128 = 10u128.pow(30);
 
-fn creation_code(name: &str) -> Bytes {
+/// Creation code of workload contract `name` (`Token`, `Pair`, `Factory`, …).
+pub fn creation_code(name: &str) -> Bytes {
     static JSON: &str = include_str!("../contracts/Workload.json");
     let map: HashMap<String, Bytes> =
         serde_json::from_str(JSON).expect("Workload.json is valid (committed build output)");
     map.get(name).cloned().unwrap_or_else(|| panic!("Workload.json has no {name}"))
+}
+
+/// Calldata of `Token.mint(to, value)`.
+pub fn mint_call(to: Address, value: U256) -> Vec<u8> {
+    mintCall { to, value }.abi_encode()
+}
+
+/// Calldata of `Token.transfer(to, value)`.
+pub fn transfer_call(to: Address, value: U256) -> Vec<u8> {
+    transferCall { to, value }.abi_encode()
 }
 
 /// The deterministic address of workload account `i`.
