@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole strobe test suite, from a fresh clone: installs what it needs (npm packages for the
-# Solidity compiler, a Python virtualenv with web3.py), checks formatting and lints, runs the Rust
+# Solidity compiler and anvil, the L1 dev node of the settlement tests; a Python virtualenv
+# with web3.py), checks formatting and lints, runs the Rust
 # tests (unit, property and end-to-end with alloy) and the web3.py client suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,75 +11,79 @@ use alloy::{
     primitives::{Address, Bytes},
     providers::{DynProvider, Provider},
     rpc::types::TransactionRequest,
-    sol,
     sol_types::SolValue,
 };
 
-sol! {
-    /// The inbox's interface (kept in step with `contracts/StrobeInbox.sol`; a test compares
-    /// the selectors with the compiled ABI).
-    #[sol(rpc)]
-    #[derive(Debug, PartialEq, Eq)]
-    contract StrobeInbox {
-        /// One accepted batch.
-        struct Batch {
-            uint64 firstBlock;
-            uint64 lastBlock;
-            uint8 dataKind;
-            bytes32 lastBlockHash;
-            bytes32 stateRoot;
-            bytes32 dataHash;
+// The generated `postBatch` builder takes one argument per ABI parameter.
+#[allow(clippy::too_many_arguments)]
+mod bindings {
+    alloy::sol! {
+        /// The inbox's interface (kept in step with `contracts/StrobeInbox.sol`; a test compares
+        /// the selectors with the compiled ABI).
+        #[sol(rpc)]
+        #[derive(Debug, PartialEq, Eq)]
+        contract StrobeInbox {
+            /// One accepted batch.
+            struct Batch {
+                uint64 firstBlock;
+                uint64 lastBlock;
+                uint8 dataKind;
+                bytes32 lastBlockHash;
+                bytes32 stateRoot;
+                bytes32 dataHash;
+            }
+
+            /// A batch was accepted.
+            event BatchPosted(
+                uint64 indexed index,
+                uint64 firstBlock,
+                uint64 lastBlock,
+                bytes32 lastBlockHash,
+                bytes32 stateRoot,
+                uint8 dataKind,
+                bytes32 dataHash
+            );
+
+            /// The sender is not the registered sequencer.
+            error NotSequencer(address sender);
+            /// The batch index is not the next one.
+            error WrongIndex(uint64 expected, uint64 got);
+            /// The batch does not start right after the previous one.
+            error WrongFirstBlock(uint64 expected, uint64 got);
+            /// The block range is empty.
+            error EmptyRange(uint64 firstBlock, uint64 lastBlock);
+            /// Calldata does not hash to the declared data hash.
+            error DataHashMismatch(bytes32 expected, bytes32 got);
+            /// Data kind other than calldata (0) or EigenDA (1).
+            error UnknownDataKind(uint8 kind);
+
+            /// The only key allowed to post.
+            function sequencer() external view returns (address);
+            /// Index the next batch must carry.
+            function nextIndex() external view returns (uint64);
+            /// First L2 block the next batch must start at.
+            function nextBlock() external view returns (uint64);
+            /// Data kind: the data is this call's calldata.
+            function DATA_CALLDATA() external view returns (uint8);
+            /// Data kind: the calldata is an EigenDA certificate.
+            function DATA_EIGENDA() external view returns (uint8);
+            /// Appends batch `index` covering L2 blocks `firstBlock..=lastBlock`.
+            function postBatch(
+                uint64 index,
+                uint64 firstBlock,
+                uint64 lastBlock,
+                bytes32 lastBlockHash,
+                bytes32 stateRoot,
+                uint8 dataKind,
+                bytes32 dataHash,
+                bytes calldata data
+            ) external;
+            /// Batch `index`, once accepted.
+            function batch(uint64 index) external view returns (Batch memory);
         }
-
-        /// A batch was accepted.
-        event BatchPosted(
-            uint64 indexed index,
-            uint64 firstBlock,
-            uint64 lastBlock,
-            bytes32 lastBlockHash,
-            bytes32 stateRoot,
-            uint8 dataKind,
-            bytes32 dataHash
-        );
-
-        /// The sender is not the registered sequencer.
-        error NotSequencer(address sender);
-        /// The batch index is not the next one.
-        error WrongIndex(uint64 expected, uint64 got);
-        /// The batch does not start right after the previous one.
-        error WrongFirstBlock(uint64 expected, uint64 got);
-        /// The block range is empty.
-        error EmptyRange(uint64 firstBlock, uint64 lastBlock);
-        /// Calldata does not hash to the declared data hash.
-        error DataHashMismatch(bytes32 expected, bytes32 got);
-        /// Data kind other than calldata (0) or EigenDA (1).
-        error UnknownDataKind(uint8 kind);
-
-        /// The only key allowed to post.
-        function sequencer() external view returns (address);
-        /// Index the next batch must carry.
-        function nextIndex() external view returns (uint64);
-        /// First L2 block the next batch must start at.
-        function nextBlock() external view returns (uint64);
-        /// Data kind: the data is this call's calldata.
-        function DATA_CALLDATA() external view returns (uint8);
-        /// Data kind: the calldata is an EigenDA certificate.
-        function DATA_EIGENDA() external view returns (uint8);
-        /// Appends batch `index` covering L2 blocks `firstBlock..=lastBlock`.
-        function postBatch(
-            uint64 index,
-            uint64 firstBlock,
-            uint64 lastBlock,
-            bytes32 lastBlockHash,
-            bytes32 stateRoot,
-            uint8 dataKind,
-            bytes32 dataHash,
-            bytes calldata data
-        ) external;
-        /// Batch `index`, once accepted.
-        function batch(uint64 index) external view returns (Batch memory);
     }
 }
+pub use bindings::StrobeInbox;
 
 /// Data kind of a batch carried in calldata.
 pub const DATA_CALLDATA: u8 = 0;
