@@ -293,6 +293,39 @@ fn every_block_reaches_l1_and_verifies_with_calldata_and_eigenda() {
 }
 
 #[test]
+fn dev_chain_with_local_anvil_and_eigenda_posts_and_verifies() {
+    // `strobe dev --l1 anvil --da eigenda`: strobe starts anvil, deploys the inbox, starts an
+    // in-memory EigenDA proxy and prints the command that verifies the chain.
+    let node = DevNode::start(&["--l1", "anvil", "--da", "eigenda", "--batch-max-delay", "1s"]);
+    let verify_line = node
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("Verify with:"))
+        .unwrap_or_else(|| panic!("no verify command in {:?}", node.banner))
+        .trim()
+        .to_string();
+    let args: Vec<&str> = verify_line.split_whitespace().skip(1).collect();
+    let l1_url = args[args.iter().position(|a| *a == "--l1-rpc").unwrap() + 1].to_string();
+    let inbox: Address =
+        args[args.iter().position(|a| *a == "--inbox").unwrap() + 1].parse().unwrap();
+    assert!(args.contains(&"--da-url"), "{verify_line}");
+    let sent = traffic(&node.url, 3);
+    wait_posted(&l1_url, inbox, head(&node.url) + 1, Duration::from_secs(30));
+    let out = Command::new(env!("CARGO_BIN_EXE_strobe")).args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("{sent} transactions")), "{text}");
+    // Killed outright, strobe takes its anvil with it (PR_SET_PDEATHSIG).
+    drop(node);
+    let addr = l1_url.trim_start_matches("http://").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < deadline, "anvil outlived the strobe that started it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn poster_survives_sigkill_around_l1_sends_and_bumps_fees_when_l1_stalls() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -8,6 +8,7 @@
 use crate::SettlementError;
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -81,7 +82,8 @@ pub fn install_anvil() -> Result<PathBuf, SettlementError> {
     })
 }
 
-/// A running anvil child process; killed when dropped.
+/// A running anvil child process; killed when dropped, or by the kernel when the thread that
+/// started it dies (`PR_SET_PDEATHSIG`).
 pub struct Anvil {
     child: Child,
     port: u16,
@@ -95,12 +97,25 @@ impl Anvil {
             Some(b) => b,
             None => install_anvil()?,
         };
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe. It makes the kernel kill anvil when the thread that
+        // started it dies, so a strobe killed with SIGKILL leaves no anvil behind.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| SettlementError::Config(format!("starting {}: {e}", bin.display())))?;
         let stdout = child.stdout.take().expect("piped");

@@ -279,6 +279,7 @@ impl Worker {
             da = ?self.config.da,
             "batch poster started"
         );
+        self.check_sequencer().await;
         let mut waiting_since: Option<Instant> = None;
         while !self.stopping() {
             match self.step(&mut waiting_since).await {
@@ -289,6 +290,23 @@ impl Worker {
                     self.update(|s| s.last_error = Some(e.to_string()));
                     self.sleep(RETRY_BACKOFF).await;
                 }
+            }
+        }
+    }
+
+    /// Says plainly, once, when the key cannot post to this inbox (every post would revert).
+    async fn check_sequencer(&self) {
+        let registered =
+            StrobeInbox::new(self.config.inbox, &self.provider).sequencer().call().await;
+        if let Ok(registered) = registered {
+            let ours = self.config.key.address();
+            if registered != ours {
+                let message = format!(
+                    "the inbox {} accepts batches only from {registered}, but the L1 key is {ours}",
+                    self.config.inbox
+                );
+                tracing::error!("{message}");
+                self.update(|s| s.last_error = Some(message));
             }
         }
     }

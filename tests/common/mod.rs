@@ -17,6 +17,8 @@ pub const DEV_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a841
 pub struct DevNode {
     pub child: Child,
     pub url: String,
+    /// What the node printed before its RPC URL (banner, settlement lines).
+    pub banner: Vec<String>,
 }
 
 impl DevNode {
@@ -48,16 +50,18 @@ impl DevNode {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut banner = Vec::new();
         let url = loop {
             assert!(Instant::now() < deadline, "strobe did not start");
             let line = lines.next().expect("strobe exited early").expect("read");
             if let Some(u) = line.strip_prefix("RPC URL: ") {
                 break u.to_string();
             }
+            banner.push(line);
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        Self { child, url, banner }
     }
 
     /// Sends SIGTERM/SIGINT and waits; returns the exit status and how long it took.
