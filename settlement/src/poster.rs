@@ -431,12 +431,7 @@ impl Worker {
                 }
             }
         };
-        let nonce = self
-            .provider
-            .get_transaction_count(from)
-            .latest()
-            .await
-            .map_err(|e| l1("reading the nonce", &e))?;
+        let nonce = self.confirmed_nonce().await?;
         let chain_id = self.provider.get_chain_id().await.map_err(|e| l1("chain id", &e))?;
         let (mut max_fee, mut tip) = self.fees().await?;
         let mut sent: Vec<B256> = Vec::new();
@@ -483,12 +478,7 @@ impl Worker {
                 if let Some(r) = self.find_receipt(&sent).await? {
                     return self.settle(r).await;
                 }
-                let mined_nonce = self
-                    .provider
-                    .get_transaction_count(from)
-                    .latest()
-                    .await
-                    .map_err(|e| l1("reading the nonce", &e))?;
+                let mined_nonce = self.confirmed_nonce().await?;
                 if mined_nonce > nonce {
                     // Our nonce was used; one of ours may have been mined since the last look.
                     return Ok(match self.find_receipt(&sent).await? {
@@ -500,6 +490,16 @@ impl Worker {
             }
             (max_fee, tip) = self.bump(max_fee, tip, "not mined in time")?;
         }
+    }
+
+    /// The sequencer account's nonce as of the latest block (pending transactions excluded: a
+    /// post always reuses the first unconfirmed nonce).
+    async fn confirmed_nonce(&self) -> Result<u64, SettlementError> {
+        self.provider
+            .get_transaction_count(self.config.key.address())
+            .latest()
+            .await
+            .map_err(|e| SettlementError::L1(format!("reading the nonce: {e}")))
     }
 
     fn sign(&self, mut tx: TxEip1559) -> Result<Vec<u8>, SettlementError> {
