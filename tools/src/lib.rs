@@ -1,6 +1,7 @@
 //! strobe's measurement and verification tools, as a library shared by the `strobe-tools`
 //! binary, the root integration tests and the criterion benches.
 //!
+//! - [`bench`]: `strobe-bench`'s workloads, drivers and reports.
 //! - [`client`]: a blocking JSON-RPC client and the dev accounts' keys.
 //! - [`crash`]: crash torture of a persistent node (SIGKILL under load, restart, verify).
 //! - [`fixture`]: real mainnet blocks with their pre-state, replayed and checked against the
@@ -12,6 +13,7 @@
 //! Nothing here runs threads of its own; callers decide where execution happens.
 // (No unused-dependency lint here: the library and the binary share one dependency list.)
 
+pub mod bench;
 pub mod client;
 pub mod crash;
 pub mod fixture;
