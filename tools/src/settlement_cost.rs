@@ -2,7 +2,10 @@
 //! (raw and compressed) and L1 gas per L2 transaction — measured on a real `strobe dev --l1
 //! anvil` (the poster and the inbox as shipped), read back from L1.
 
-use crate::client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID};
+use crate::{
+    bench::txs::send_and_wait,
+    client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID},
+};
 use alloy::{
     consensus::{Transaction, TxEip1559},
     primitives::{keccak256, Address, TxKind, U256},
@@ -25,8 +28,6 @@ use strobe_settlement::{
 
 /// Dev accounts that send the workload.
 const SENDERS: u32 = 10;
-/// Transactions per JSON-RPC batch request.
-const RPC_BATCH: usize = 200;
 
 struct Node {
     child: Child,
@@ -92,33 +93,6 @@ fn tx(nonce: u64, to: Address, input: Vec<u8>, gas: u64) -> TxEip1559 {
     }
 }
 
-/// Sends pre-signed raw transactions in JSON-RPC batches and waits until every sender's nonce
-/// reached `want`.
-fn send_all(c: &mut Client, raws: &[String], want: &[(Address, u64)]) -> Result<(), String> {
-    for chunk in raws.chunks(RPC_BATCH) {
-        let body: Vec<Value> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, r)| json!({"jsonrpc":"2.0","id":i,"method":"eth_sendRawTransaction","params":[r]}))
-            .collect();
-        let out = c.call(&Value::Array(body)).map_err(|e| e.to_string())?;
-        if let Some(err) = out.as_array().and_then(|a| a.iter().find(|r| r.get("error").is_some()))
-        {
-            return Err(format!("send failed: {err}"));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (a, n) in want {
-        while c.nonce(*a, "latest").map_err(|e| e.to_string())? < *n {
-            if Instant::now() > deadline {
-                return Err("transactions were not included in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Ok(())
-}
-
 fn head(c: &mut Client) -> Result<u64, String> {
     let out = c.rpc("eth_blockNumber", json!([])).map_err(|e| e.to_string())?;
     quantity(&out["result"]).ok_or_else(|| format!("eth_blockNumber: {out}"))
@@ -153,7 +127,7 @@ pub fn settlement_cost(
             raws.push(signed_hex(&senders[0], tx(nonces[0], token, mint, 100_000)));
             nonces[0] += 1;
         }
-        send_all(&mut c, &raws, &[(senders[0].address(), nonces[0])])?;
+        send_and_wait(&mut c, &raws, &[(senders[0].address(), nonces[0])])?;
     } else if workload != "transfers" {
         return Err(format!("unknown workload `{workload}` (transfers or erc20)"));
     }
@@ -177,7 +151,8 @@ pub fn settlement_cost(
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let setup_head = head(&mut c)?;
+    // Included transactions may sit in the block being filled: wait for that block too.
+    let setup_head = head(&mut c)? + 1;
     let first_index = wait_posted(setup_head)?;
     // The measured workload, pre-signed.
     let raws: Vec<String> = (0..txs)
@@ -197,8 +172,8 @@ pub fn settlement_cost(
         .collect();
     let want: Vec<(Address, u64)> =
         senders.iter().zip(&nonces).map(|(s, n)| (s.address(), *n)).collect();
-    send_all(&mut c, &raws, &want)?;
-    let end_head = head(&mut c)?;
+    send_and_wait(&mut c, &raws, &want)?;
+    let end_head = head(&mut c)? + 1;
     let last_index = wait_posted(end_head)?;
     // Read the workload's batches back from L1.
     let da_client = node.da_url.as_deref().map(DaClient::new);
