@@ -157,6 +157,10 @@ struct ChainArgs {
     /// machines with 4 or more, else 1 = sequential).
     #[arg(long)]
     exec_threads: Option<usize>,
+    /// Threads that decode transactions and recover their senders off the network thread
+    /// (0: on the network thread; default: a quarter of the CPUs, at least one).
+    #[arg(long)]
+    recovery_threads: Option<usize>,
     /// Smallest mini-block, in transactions, worth executing in parallel.
     #[arg(long, default_value_t = strobe_engine::parallel::MIN_PARALLEL_TXS)]
     parallel_min_txs: usize,
@@ -294,7 +298,8 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         print_banner(&keys, args.balance, &config);
     }
     let settlement = settle::start(&args.settle, &engine)?;
-    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect(), settlement)
+    let recovery = args.chain.recovery_threads.unwrap_or_else(default_recovery_threads);
+    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect(), recovery, settlement)
 }
 
 fn run_node(args: NodeArgs) -> Result<(), CliError> {
@@ -320,7 +325,8 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
         head.header.state_root
     );
     let settlement = settle::start(&args.settle, &engine)?;
-    serve(listener, engine, Vec::new(), settlement)
+    let recovery = args.chain.recovery_threads.unwrap_or_else(default_recovery_threads);
+    serve(listener, engine, Vec::new(), recovery, settlement)
 }
 
 /// The chain configuration and genesis from the shared flags.
@@ -389,6 +395,7 @@ fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     accounts: Vec<Address>,
+    recovery_threads: usize,
     settlement: Option<settle::Settlement>,
 ) -> Result<(), CliError> {
     let local = listener
@@ -412,7 +419,7 @@ fn serve(
             }
         })
     };
-    let served = strobe_net::serve(listener, engine.clone(), accounts, &stop);
+    let served = strobe_net::serve(listener, engine.clone(), accounts, recovery_threads, &stop);
     stop.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
     if let Some(s) = settlement {
@@ -512,6 +519,13 @@ fn human_bytes(n: u64) -> String {
 fn default_sequencer_core() -> Option<usize> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     (cores >= 4).then(|| cores - 1)
+}
+
+/// Sender recovery (~50–80 µs per transaction) is the network path's largest cost: a quarter of
+/// the cores, and at least one thread so the network thread never does it itself.
+fn default_recovery_threads() -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / 4).max(1)
 }
 
 /// Execution gets every core except the sequencer's and the network thread's; with fewer than four

@@ -88,7 +88,14 @@ fn wait_receipt(url: &str, hash: &str) -> Value {
 
 #[test]
 fn validation_errors_carry_geths_messages() {
-    let node = DevNode::start(&[]);
+    // Senders recovered on worker threads (the default) and on the network thread itself.
+    for threads in ["2", "0"] {
+        check_validation_errors(&["--recovery-threads", threads]);
+    }
+}
+
+fn check_validation_errors(extra: &[&str]) {
+    let node = DevNode::start(extra);
     let url = &node.url;
     let cases: Vec<(Tx, &str)> = vec![
         (Tx { chain_id: 1, ..Tx::default() }, "invalid chain id for signer"),

@@ -2,7 +2,8 @@
 //!
 //! One io_uring thread ([`server`]) accepts connections, frames HTTP/1.1 requests ([`http`]) and
 //! dispatches Ethereum JSON-RPC ([`rpc`]). Transactions are decoded and their senders recovered on
-//! this thread, never on the sequencer; answers that depend on the sequencer (pool admission,
+//! worker threads ([`recovery`], one connection's always on the same worker) or, with none
+//! configured, on the ring thread; never on the sequencer. Answers that depend on the sequencer (pool admission,
 //! receipts for sync sends) arrive through engine callbacks that wake the ring via an eventfd.
 //!
 //! Data flows one way: net → engine. Nothing in the engine knows about sockets.
@@ -10,6 +11,7 @@
 
 mod format;
 pub mod http;
+pub mod recovery;
 pub mod rpc;
 pub mod server;
 

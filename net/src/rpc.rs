@@ -213,6 +213,29 @@ pub struct Rpc {
     accounts: Vec<Address>,
     filters: HashMap<u64, InstalledFilter>,
     next_filter_id: u64,
+    /// Workers that recover senders off this thread (`None`: recover inline).
+    recovery: Option<crate::recovery::SenderRecovery>,
+    /// Identity of the connection being served, which picks its recovery worker.
+    route: usize,
+}
+
+/// The callback that learns of a transaction's inclusion.
+type ReceiptNotify = Notify<Result<Arc<IncludedTx>, TxError>>;
+
+/// What a send waits for: the pool's verdict, or (sync and realtime sends) the receipt, with its
+/// deadline; and whether a nonce gap is refused.
+fn wait_for(
+    sync: Option<(bool, Duration)>,
+    hash: B256,
+    on_receipt: ReceiptNotify,
+) -> (WaitKind, Option<Instant>, Option<ReceiptNotify>, bool) {
+    match sync {
+        None => (WaitKind::Accept, Some(Instant::now() + Duration::from_secs(30)), None, false),
+        Some((realtime, timeout)) => {
+            let kind = if realtime { WaitKind::Realtime(hash) } else { WaitKind::Sync(hash) };
+            (kind, Some(Instant::now() + timeout), Some(on_receipt), !realtime)
+        }
+    }
 }
 
 fn param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<T, RpcError> {
@@ -235,7 +258,30 @@ fn qty(n: impl Into<u128>) -> Value {
 impl Rpc {
     /// RPC state over `engine`; `accounts` is what `eth_accounts` lists.
     pub fn new(engine: Arc<Engine>, accounts: Vec<Address>) -> Self {
-        Self { engine, accounts, filters: HashMap::new(), next_filter_id: 1 }
+        Self {
+            engine,
+            accounts,
+            filters: HashMap::new(),
+            next_filter_id: 1,
+            recovery: None,
+            route: 0,
+        }
+    }
+
+    /// Recovers senders on `threads` worker threads instead of the calling thread (0 keeps
+    /// recovery inline).
+    pub fn with_recovery(mut self, threads: usize) -> std::io::Result<Self> {
+        if threads > 0 {
+            let workers = crate::recovery::SenderRecovery::start(self.engine.clone(), threads)?;
+            self.recovery = Some(workers);
+        }
+        Ok(self)
+    }
+
+    /// Names the connection the next [`Self::dispatch`] serves: its transactions keep their
+    /// order through one recovery worker.
+    pub fn set_route(&mut self, route: usize) {
+        self.route = route;
     }
 
     /// Handles one HTTP body. `callbacks(i)` builds the engine callbacks for part `i`.
@@ -430,19 +476,31 @@ impl Rpc {
             Ok(r) => r,
             Err(e) => return Outcome::Done(Err(e)),
         };
+        if let Some(recovery) = &self.recovery {
+            // Only the hash here; decoding and recovery happen on a worker, which answers
+            // through the callbacks.
+            let hash = alloy_primitives::keccak256(&raw);
+            let cb = callbacks();
+            let (kind, deadline, on_receipt, reject_gap) = wait_for(sync, hash, cb.on_receipt);
+            let job = crate::recovery::RecoveryJob {
+                raw,
+                rules: self.engine.intake_rules(),
+                reject_gap,
+                on_accept: cb.on_accept,
+                on_receipt,
+            };
+            return match recovery.submit(self.route, job) {
+                Ok(()) => Outcome::Wait(kind, deadline),
+                Err(e) => Outcome::Done(Err(tx_error(&e))),
+            };
+        }
         let tx = match self.engine.decode(&raw) {
             Ok(tx) => tx,
             Err(e) => return Outcome::Done(Err(tx_error(&e))),
         };
         let hash = tx.hash;
         let cb = callbacks();
-        let (kind, deadline, on_receipt, reject_gap) = match sync {
-            None => (WaitKind::Accept, Some(Instant::now() + Duration::from_secs(30)), None, false),
-            Some((realtime, timeout)) => {
-                let kind = if realtime { WaitKind::Realtime(hash) } else { WaitKind::Sync(hash) };
-                (kind, Some(Instant::now() + timeout), Some(cb.on_receipt), !realtime)
-            }
-        };
+        let (kind, deadline, on_receipt, reject_gap) = wait_for(sync, hash, cb.on_receipt);
         match self.engine.submit(tx, reject_gap, Some(cb.on_accept), on_receipt) {
             Ok(()) => Outcome::Wait(kind, deadline),
             Err(e) => Outcome::Done(Err(tx_error(&e))),

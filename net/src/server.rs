@@ -410,6 +410,7 @@ impl Server {
                 }),
             }
         };
+        self.rpc.set_route(slot as usize);
         self.rpc.dispatch(body, &callbacks)
     }
 
@@ -563,8 +564,10 @@ pub fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     accounts: Vec<alloy_primitives::Address>,
+    recovery_threads: usize,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    let server = Server::new(listener, Rpc::new(engine, accounts))?;
+    let rpc = Rpc::new(engine, accounts).with_recovery(recovery_threads)?;
+    let server = Server::new(listener, rpc)?;
     server.run(stop)
 }
