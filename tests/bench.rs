@@ -46,6 +46,11 @@ fn short_runs_confirm_every_transaction_and_write_their_reports() {
         assert_eq!(r["blocks"]["txs"], sent, "{workload}: the node's blocks hold exactly the run");
         assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
         assert!(r["node_cpu_us_per_tx"].as_f64().is_some());
+        // 10 ms mini-blocks over a 2 s run, read back with strobe_getMiniBlocks.
+        let m = &r["mini_block_interval_ms"];
+        assert!(m["count"].as_u64().unwrap() >= 100, "{m}");
+        let p50 = m["p50"].as_f64().unwrap();
+        assert!((2.0..=50.0).contains(&p50), "mini-block interval p50 {p50} ms");
         let (json, svg) = report::write(out.path(), &format!("run{i}"), &r).unwrap();
         let back: serde_json::Value =
             serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();

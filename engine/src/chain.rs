@@ -14,6 +14,25 @@ use strobe_storage::{StateDiff, StateView};
 
 /// Number of recent EVM blocks whose end state stays queryable (geth keeps 128 by default).
 pub const STATE_HISTORY_BLOCKS: usize = 128;
+/// Number of recent mini-blocks whose summaries stay queryable (~17 minutes at 10 ms).
+pub const MINI_BLOCK_HISTORY: usize = 100_000;
+
+/// What readers can learn about a past mini-block: when it was sealed and what it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MiniBlockSummary {
+    /// Global mini-block number.
+    pub number: u64,
+    /// EVM block it belongs to.
+    pub block_number: u64,
+    /// Index within that EVM block.
+    pub index: u32,
+    /// When it was sealed, in microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Transactions it included.
+    pub tx_count: u32,
+    /// Gas its transactions used.
+    pub gas_used: u64,
+}
 
 /// A transaction included in a mini-block, with its receipt data.
 #[derive(Debug)]
@@ -164,6 +183,8 @@ pub struct ChainView {
     pub mini_block_number: Option<u64>,
     /// State at the end of recent sealed blocks.
     pub block_states: imbl::OrdMap<u64, Arc<dyn StateView>>,
+    /// The last [`MINI_BLOCK_HISTORY`] mini-blocks, oldest first.
+    pub recent_mini_blocks: imbl::Vector<MiniBlockSummary>,
 }
 
 impl ChainView {

@@ -7,7 +7,10 @@
 //! reader could hold.
 
 use crate::{
-    chain::{ChainView, IncludedTx, MiniBlock, OpenBlock, SealedBlock, STATE_HISTORY_BLOCKS},
+    chain::{
+        ChainView, IncludedTx, MiniBlock, MiniBlockSummary, OpenBlock, SealedBlock,
+        MINI_BLOCK_HISTORY, STATE_HISTORY_BLOCKS,
+    },
     config::{next_base_fee, ChainConfig, Genesis, INITIAL_BASE_FEE_WEI},
     exec::{tx_envs, BlockOutput},
     parallel::ParallelExecutor,
@@ -171,6 +174,7 @@ impl Sequencer {
             open: Arc::new(open),
             mini_block_number: None,
             block_states,
+            recent_mini_blocks: imbl::Vector::new(),
         };
         let shared = Arc::new(Shared {
             view: ArcSwap::from_pointee(view.clone()),
@@ -543,6 +547,17 @@ impl Sequencer {
         self.view.state = self.store.view();
         self.view.open = Arc::new(open_next);
         self.view.mini_block_number = Some(mini.number);
+        self.view.recent_mini_blocks.push_back(MiniBlockSummary {
+            number: mini.number,
+            block_number: mini.block_number,
+            index: mini.index,
+            timestamp_us: mini.timestamp_us,
+            tx_count: mini.txs.len() as u32,
+            gas_used: mini.gas_used,
+        });
+        if self.view.recent_mini_blocks.len() > MINI_BLOCK_HISTORY {
+            self.view.recent_mini_blocks.pop_front();
+        }
         Ok(mini)
     }
 

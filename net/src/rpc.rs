@@ -27,6 +27,8 @@ use strobe_engine::{
 
 /// Most calls in one batch (geth's `BatchRequestLimit`).
 pub const MAX_BATCH_LEN: usize = 1000;
+/// Most mini-blocks one `strobe_getMiniBlocks` call returns.
+pub const MAX_MINI_BLOCKS_PER_CALL: u64 = 10_000;
 /// Most storage slots one `strobe_getProof` call may ask for.
 pub const MAX_PROOF_SLOTS: usize = 1024;
 /// Most blocks one `eth_getLogs` may scan.
@@ -236,6 +238,16 @@ fn wait_for(
             (kind, Some(Instant::now() + timeout), Some(on_receipt), !realtime)
         }
     }
+}
+
+/// A quantity given as a hex string or a JSON number.
+fn quantity_param(v: &Value) -> Result<u64, RpcError> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()),
+        _ => None,
+    }
+    .ok_or_else(|| RpcError::invalid_params(format!("invalid quantity {v}")))
 }
 
 fn param<T: DeserializeOwned>(params: &[Value], i: usize) -> Result<T, RpcError> {
@@ -561,6 +573,40 @@ impl Rpc {
                     .map(|c| c.original_bytes())
                     .unwrap_or_default();
                 Ok(json!(code))
+            }
+            "strobe_getMiniBlocks" => {
+                // (from, count): mini-blocks numbered from..from+count still kept, oldest first;
+                // `from` = "latest" gives the newest `count`.
+                let count: u64 =
+                    opt_param::<Value>(p, 1)?.map(|v| quantity_param(&v)).transpose()?.unwrap_or(1);
+                if count == 0 || count > MAX_MINI_BLOCKS_PER_CALL {
+                    return Err(RpcError::invalid_params(format!(
+                        "count must be 1..={MAX_MINI_BLOCKS_PER_CALL}"
+                    )));
+                }
+                let recent = &view.recent_mini_blocks;
+                let newest = recent.back().map_or(0, |m| m.number);
+                let from = match opt_param::<Value>(p, 0)? {
+                    None => newest,
+                    Some(Value::String(s)) if s == "latest" => (newest + 1).saturating_sub(count),
+                    Some(v) => quantity_param(&v)?,
+                };
+                let list: Vec<Value> = recent
+                    .iter()
+                    .skip_while(|m| m.number < from)
+                    .take_while(|m| m.number < from.saturating_add(count))
+                    .map(|m| {
+                        json!({
+                            "number": qty(m.number),
+                            "blockNumber": qty(m.block_number),
+                            "index": qty(m.index as u64),
+                            "timestamp": qty(m.timestamp_us),
+                            "transactionCount": qty(m.tx_count as u64),
+                            "gasUsed": qty(m.gas_used),
+                        })
+                    })
+                    .collect();
+                Ok(Value::Array(list))
             }
             "strobe_getProof" => {
                 let addr: Address = param(p, 0)?;

@@ -132,6 +132,29 @@ fn block_number(c: &mut Client) -> Result<u64, String> {
     quantity(&v["result"]).ok_or_else(|| format!("eth_blockNumber: {v}"))
 }
 
+/// Number of the node's newest mini-block (`strobe_getMiniBlocks`; `None` on other nodes).
+fn newest_mini_block(c: &mut Client) -> Option<u64> {
+    let v = c.rpc("strobe_getMiniBlocks", json!(["latest", 1])).ok()?;
+    quantity(&v["result"].as_array()?.first()?["number"])
+}
+
+/// Intervals in ms between consecutive mini-blocks `from..=to`, by their seal timestamps.
+fn mini_block_intervals(c: &mut Client, from: u64, to: u64) -> Option<Vec<f64>> {
+    const CHUNK: u64 = 10_000;
+    let mut stamps = Vec::new();
+    let mut n = from;
+    while n <= to {
+        let count = CHUNK.min(to - n + 1);
+        let v = c.rpc("strobe_getMiniBlocks", json!([format!("0x{n:x}"), count])).ok()?;
+        for m in v["result"].as_array()? {
+            stamps.push((quantity(&m["number"])?, quantity(&m["timestamp"])?));
+        }
+        n += count;
+    }
+    stamps.sort_unstable();
+    Some(stamps.windows(2).map(|w| w[1].1.saturating_sub(w[0].1) as f64 / 1000.0).collect())
+}
+
 /// Waits (at most [`SEAL_WAIT`]) for the block being filled to be sealed and returns the newest
 /// sealed block.
 fn next_sealed_block(c: &mut Client) -> Result<u64, String> {
@@ -187,6 +210,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value, String> {
     // start once that block is sealed, so the blocks of the run hold only the run. Nodes that
     // seal every transaction at once (anvil) never move on their own, hence the limit.
     let start_block = next_sealed_block(&mut c)?;
+    let first_mini = newest_mini_block(&mut c);
     let cpu_before = cfg.node_pid.and_then(cpu_ticks);
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -226,6 +250,10 @@ pub fn run(cfg: &RunConfig) -> Result<Value, String> {
     }
     let cpu_after = cfg.node_pid.and_then(cpu_ticks);
     let end_block = next_sealed_block(&mut c)?;
+    let mini_intervals = match (first_mini, newest_mini_block(&mut c)) {
+        (Some(a), Some(b)) => mini_block_intervals(&mut c, a, b),
+        _ => None,
+    };
     let samples = std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|p| p.into_inner()));
     let samples: Vec<Sample> = samples.into_iter().filter(|s| s.sent).collect();
     let blocks = report::block_fill(&mut c, start_block + 1, end_block)?;
@@ -233,7 +261,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value, String> {
         (Some(a), Some(b)) => Some((b - a) as f64 / PROC_TICKS_PER_SECOND),
         _ => None,
     };
-    Ok(report::summarize(cfg, &samples, setup_s, signing_s, blocks, cpu_s))
+    Ok(report::summarize(cfg, &samples, setup_s, signing_s, blocks, cpu_s, mini_intervals))
 }
 
 /// Longest wait for the block holding the set-up to be sealed.

@@ -80,6 +80,7 @@ pub fn summarize(
     signing_s: f64,
     blocks: Vec<(u64, u64, u64)>,
     node_cpu_s: Option<f64>,
+    mini_intervals: Option<Vec<f64>>,
 ) -> Value {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.done_us.is_some()).collect();
     let mut lat_ms: Vec<f64> = ok
@@ -157,8 +158,15 @@ pub fn summarize(
             "txs_max": blocks.iter().map(|b| b.2).max().unwrap_or(0),
             "txs": blocks.iter().map(|b| b.2).sum::<u64>(),
         },
-        "mini_block_interval_ms": Value::Null,
-        "mini_block_interval_note": "not observable over HTTP JSON-RPC: needs the miniBlocks feed (WebSocket/binary, network-layer issue)",
+        "mini_block_interval_ms": mini_intervals.map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            json!({
+                "count": v.len(),
+                "p50": percentile(&v, 50.0),
+                "p99": percentile(&v, 99.0),
+                "max": v.last().copied().unwrap_or(0.0),
+            })
+        }),
         "node_cpu_us_per_tx": node_cpu_s.map(|s| if ok.is_empty() { 0.0 } else { s * 1e6 / ok.len() as f64 }),
         "errors": errors,
         "timeline_tps": timeline,
@@ -199,6 +207,16 @@ pub fn print_summary(r: &Value) {
         l["p999"].as_f64().unwrap_or(0.0),
         l["max"].as_f64().unwrap_or(0.0),
     );
+    let m = &r["mini_block_interval_ms"];
+    if !m.is_null() {
+        println!(
+            "mini-block interval ms: p50 {:.2}  p99 {:.2}  max {:.2} ({} intervals)",
+            m["p50"].as_f64().unwrap_or(0.0),
+            m["p99"].as_f64().unwrap_or(0.0),
+            m["max"].as_f64().unwrap_or(0.0),
+            m["count"]
+        );
+    }
     println!(
         "blocks: {} (mean fill {:.2}%, max {} txs); node CPU per tx: {}; errors: {}",
         r["blocks"]["count"],
