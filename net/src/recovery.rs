@@ -104,3 +104,92 @@ fn recover_and_submit(engine: &Engine, job: RecoveryJob) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy_eips::eip2718::Encodable2718;
+    use alloy_primitives::{Address, Signature, TxKind, U256};
+    use std::time::Duration;
+    use strobe_engine::{
+        config::{ChainConfig, Genesis, GenesisAccount},
+        storage::MemoryStore,
+    };
+
+    /// A transfer signed by `key` for the default chain.
+    fn signed(key: &secp256k1::SecretKey, nonce: u64) -> (Vec<u8>, Address) {
+        let tx = TxEip1559 {
+            chain_id: ChainConfig::default().chain_id,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: 10_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: TxKind::Call(Address::repeat_byte(0xaa)),
+            value: U256::from(1),
+            access_list: Default::default(),
+            input: Default::default(),
+        };
+        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+        let (recid, bytes) =
+            secp256k1::ecdsa::RecoverableSignature::sign_ecdsa_recoverable(msg, key)
+                .serialize_compact();
+        let sig = Signature::new(
+            U256::from_be_slice(&bytes[..32]),
+            U256::from_be_slice(&bytes[32..]),
+            recid == secp256k1::ecdsa::RecoveryId::One,
+        );
+        let pubkey = key.public_key().serialize_uncompressed();
+        let sender = Address::from_slice(&alloy_primitives::keccak256(&pubkey[1..])[12..]);
+        (TxEnvelope::from(tx.into_signed(sig)).encoded_2718(), sender)
+    }
+
+    fn engine_funding(sender: Address) -> Engine {
+        let genesis = Genesis {
+            alloc: vec![(
+                sender,
+                GenesisAccount { balance: U256::from(10u128.pow(20)), ..Default::default() },
+            )],
+            ..Default::default()
+        };
+        Engine::start(ChainConfig::default(), &genesis, Box::new(MemoryStore::new())).unwrap()
+    }
+
+    /// Runs `raw` through a worker and returns what `on_accept` heard.
+    fn verdict(recovery: &SenderRecovery, engine: &Engine, raw: Vec<u8>) -> Result<B256, TxError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job = RecoveryJob {
+            raw: raw.into(),
+            rules: engine.intake_rules(),
+            reject_gap: false,
+            on_accept: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            on_receipt: None,
+        };
+        recovery.submit(7, job).unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).expect("every job is answered")
+    }
+
+    #[test]
+    fn every_job_is_answered_accepted_undecodable_or_refused() {
+        let key = secp256k1::SecretKey::from_secret_bytes([7u8; 32]).unwrap();
+        let (raw, sender) = signed(&key, 0);
+        let engine = Arc::new(engine_funding(sender));
+        let recovery = SenderRecovery::start(engine.clone(), 2).unwrap();
+        let hash = verdict(&recovery, &engine, raw.clone()).expect("a funded transfer is accepted");
+        assert_eq!(hash, alloy_primitives::keccak256(&raw));
+        let garbage = verdict(&recovery, &engine, vec![0xde, 0xad, 0xbe, 0xef]).unwrap_err();
+        assert!(matches!(garbage, TxError::Decode(_)), "{garbage}");
+        drop(recovery);
+
+        // An engine that has stopped refuses at `submit`: the refusal still reaches on_accept.
+        let mut stopped = engine_funding(sender);
+        stopped.shutdown();
+        let stopped = Arc::new(stopped);
+        let recovery = SenderRecovery::start(stopped.clone(), 1).unwrap();
+        let (raw, _) = signed(&key, 0);
+        let refused = verdict(&recovery, &stopped, raw).unwrap_err();
+        assert!(matches!(refused, TxError::Unavailable(_)), "{refused}");
+    }
+}
