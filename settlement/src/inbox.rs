@@ -1,9 +1,10 @@
 //! The L1 inbox contract (`contracts/StrobeInbox.sol`): its ABI, its committed bytecode, and the
 //! calls strobe makes to it.
 //!
-//! The bytecode is compiled from the source by `contracts/build.sh` (solc-js, offline) and
-//! committed as `contracts/StrobeInbox.json`; a test recompiles the source and fails if the two
-//! differ, so what is deployed is always what the source says.
+//! The ABI and bytecode are compiled from the source by `contracts/build.sh` (solc-js, offline)
+//! and committed as `contracts/StrobeInbox.json`, from which the Rust bindings (and the
+//! deployed bytecode) are generated; a test recompiles the source and fails if the two differ,
+//! so what is called and deployed is always what the source says.
 
 use crate::SettlementError;
 use alloy::{
@@ -17,71 +18,14 @@ use alloy::{
 // The generated `postBatch` builder takes one argument per ABI parameter.
 #[allow(clippy::too_many_arguments)]
 mod bindings {
-    alloy::sol! {
-        /// The inbox's interface (kept in step with `contracts/StrobeInbox.sol`; a test compares
-        /// the selectors with the compiled ABI).
+    alloy::sol!(
+        /// The inbox's interface, generated from the compiled ABI (`contracts/StrobeInbox.json`),
+        /// so it cannot drift from the Solidity source.
         #[sol(rpc)]
         #[derive(Debug, PartialEq, Eq)]
-        contract StrobeInbox {
-            /// One accepted batch.
-            struct Batch {
-                uint64 firstBlock;
-                uint64 lastBlock;
-                uint8 dataKind;
-                bytes32 lastBlockHash;
-                bytes32 stateRoot;
-                bytes32 dataHash;
-            }
-
-            /// A batch was accepted.
-            event BatchPosted(
-                uint64 indexed index,
-                uint64 firstBlock,
-                uint64 lastBlock,
-                bytes32 lastBlockHash,
-                bytes32 stateRoot,
-                uint8 dataKind,
-                bytes32 dataHash
-            );
-
-            /// The sender is not the registered sequencer.
-            error NotSequencer(address sender);
-            /// The batch index is not the next one.
-            error WrongIndex(uint64 expected, uint64 got);
-            /// The batch does not start right after the previous one.
-            error WrongFirstBlock(uint64 expected, uint64 got);
-            /// The block range is empty.
-            error EmptyRange(uint64 firstBlock, uint64 lastBlock);
-            /// Calldata does not hash to the declared data hash.
-            error DataHashMismatch(bytes32 expected, bytes32 got);
-            /// Data kind other than calldata (0) or EigenDA (1).
-            error UnknownDataKind(uint8 kind);
-
-            /// The only key allowed to post.
-            function sequencer() external view returns (address);
-            /// Index the next batch must carry.
-            function nextIndex() external view returns (uint64);
-            /// First L2 block the next batch must start at.
-            function nextBlock() external view returns (uint64);
-            /// Data kind: the data is this call's calldata.
-            function DATA_CALLDATA() external view returns (uint8);
-            /// Data kind: the calldata is an EigenDA certificate.
-            function DATA_EIGENDA() external view returns (uint8);
-            /// Appends batch `index` covering L2 blocks `firstBlock..=lastBlock`.
-            function postBatch(
-                uint64 index,
-                uint64 firstBlock,
-                uint64 lastBlock,
-                bytes32 lastBlockHash,
-                bytes32 stateRoot,
-                uint8 dataKind,
-                bytes32 dataHash,
-                bytes calldata data
-            ) external;
-            /// Batch `index`, once accepted.
-            function batch(uint64 index) external view returns (Batch memory);
-        }
-    }
+        StrobeInbox,
+        "../contracts/StrobeInbox.json"
+    );
 }
 pub use bindings::StrobeInbox;
 
@@ -96,10 +40,7 @@ pub const INBOX_ARTIFACT: &str = include_str!("../../contracts/StrobeInbox.json"
 /// Creation code of the inbox for `sequencer`: the committed bytecode and the ABI-encoded
 /// constructor argument.
 pub fn creation_code(sequencer: Address) -> Bytes {
-    let artifact: serde_json::Value =
-        serde_json::from_str(INBOX_ARTIFACT).expect("committed artifact is JSON");
-    let hex = artifact["bytecode"].as_str().expect("artifact has bytecode");
-    let mut code: Vec<u8> = hex.parse::<Bytes>().expect("bytecode is hex").into();
+    let mut code = StrobeInbox::BYTECODE.to_vec();
     code.extend_from_slice(&sequencer.abi_encode());
     code.into()
 }
