@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
+    process::Child,
     time::Duration,
 };
 
@@ -77,11 +78,41 @@ impl Client {
         self.call(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
     }
 
+    /// The newest block number.
+    pub fn block_number(&mut self) -> std::io::Result<u64> {
+        let v = self.rpc("eth_blockNumber", json!([]))?;
+        quantity(&v["result"])
+            .ok_or_else(|| std::io::Error::other(format!("eth_blockNumber answered {v}")))
+    }
+
     /// The transaction count of `address` at `tag`.
     pub fn nonce(&mut self, address: Address, tag: &str) -> std::io::Result<u64> {
         let v = self.rpc("eth_getTransactionCount", json!([address, tag]))?;
         Ok(quantity(&v["result"]).unwrap_or(0))
     }
+}
+
+/// Reads a starting `strobe`'s stdout up to its `RPC URL: ` line and returns the URL and the
+/// lines printed before it (banner, settlement lines); the rest of its output is drained on a
+/// thread so the child never blocks on a full pipe. `child` must have a piped stdout.
+pub fn await_rpc_url(child: &mut Child) -> Result<(String, Vec<String>), String> {
+    let stdout = child.stdout.take().ok_or("the node's stdout is not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = Vec::new();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => match line.strip_prefix("RPC URL: ") {
+                Some(u) => break u.to_string(),
+                None => banner.push(line),
+            },
+            _ => {
+                let status = child.wait().map_err(|e| e.to_string())?;
+                return Err(format!("the node exited during start ({status}); see its log"));
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((url, banner))
 }
 
 /// Parses a hex quantity.

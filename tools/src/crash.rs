@@ -8,12 +8,11 @@
 //!
 //! Threads: one per load client (blocking HTTP), plus the caller's.
 
-use crate::client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID};
+use crate::client::{await_rpc_url, dev_signer, quantity, signed_hex, Client, CHAIN_ID};
 use alloy_consensus::TxEip1559;
 use alloy_primitives::{Address, Bytes, TxKind, U256};
 use serde_json::{json, Value};
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -190,26 +189,11 @@ fn start(opts: &CrashOptions, datadir: &Path) -> Result<(Child, String, u64), St
         .stderr(stderr)
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", opts.strobe.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        if started.elapsed() > START_TIMEOUT {
-            let _ = child.kill();
-            return Err("the node did not start in time".into());
-        }
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(u) = line.strip_prefix("RPC URL: ") {
-                    break u.to_string();
-                }
-            }
-            _ => {
-                let status = child.wait().map_err(|e| e.to_string())?;
-                return Err(format!("the node exited during start ({status}); see its log"));
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (url, _) = await_rpc_url(&mut child)?;
+    if started.elapsed() > START_TIMEOUT {
+        let _ = child.kill();
+        return Err("the node did not start in time".into());
+    }
     Ok((child, url, started.elapsed().as_millis() as u64))
 }
 

@@ -4,7 +4,8 @@
 
 use crate::{
     bench::txs::send_and_wait,
-    client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID},
+    client::{await_rpc_url, dev_signer, signed_hex, Client, CHAIN_ID},
+    workload::{mintCall, transferCall},
 };
 use alloy::{
     consensus::{Transaction, TxEip1559},
@@ -14,7 +15,6 @@ use alloy::{
 };
 use serde_json::{json, Value};
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -53,10 +53,9 @@ fn start(strobe: &Path, da: &str) -> Result<Node, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", strobe.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let (mut rpc, mut l1, mut inbox, mut da_url) = (None, None, None, None);
-    while rpc.is_none() {
-        let line = lines.next().ok_or("strobe dev exited at start")?.map_err(|e| e.to_string())?;
+    let (rpc, banner) = await_rpc_url(&mut child)?;
+    let (mut l1, mut inbox, mut da_url) = (None, None, None);
+    for line in &banner {
         if let Some(rest) = line.strip_prefix("Settlement:") {
             l1 = rest.split_whitespace().nth(1).map(|s| s.trim_end_matches(',').to_string());
             inbox =
@@ -65,14 +64,10 @@ fn start(strobe: &Path, da: &str) -> Result<Node, String> {
         if let Some(rest) = line.strip_prefix("Verify with:") {
             da_url = rest.split("--da-url ").nth(1).map(|s| s.trim().to_string());
         }
-        if let Some(u) = line.strip_prefix("RPC URL: ") {
-            rpc = Some(u.to_string());
-        }
     }
-    std::thread::spawn(move || for _ in lines {});
     Ok(Node {
         child,
-        rpc: rpc.expect("loop ends with it"),
+        rpc,
         l1: l1.ok_or("no settlement line")?,
         inbox: inbox.ok_or("no inbox address")?,
         da_url,
@@ -94,8 +89,7 @@ fn tx(nonce: u64, to: Address, input: Vec<u8>, gas: u64) -> TxEip1559 {
 }
 
 fn head(c: &mut Client) -> Result<u64, String> {
-    let out = c.rpc("eth_blockNumber", json!([])).map_err(|e| e.to_string())?;
-    quantity(&out["result"]).ok_or_else(|| format!("eth_blockNumber: {out}"))
+    c.block_number().map_err(|e| e.to_string())
 }
 
 fn fresh(i: usize) -> Address {
@@ -123,7 +117,7 @@ pub fn settlement_cost(
         let mut raws = vec![signed_hex(&senders[0], deploy)];
         nonces[0] = 1;
         for s in &senders {
-            let mint = crate::workload::mint_call(s.address(), U256::from(10u128.pow(30)));
+            let mint = mintCall { to: s.address(), value: U256::from(10u128.pow(30)) }.abi_encode();
             raws.push(signed_hex(&senders[0], tx(nonces[0], token, mint, 100_000)));
             nonces[0] += 1;
         }
@@ -161,7 +155,12 @@ pub fn settlement_cost(
             let n = nonces[k];
             nonces[k] += 1;
             let t = if workload == "erc20" {
-                tx(n, token, crate::workload::transfer_call(fresh(i), U256::from(1000)), 60_000)
+                tx(
+                    n,
+                    token,
+                    transferCall { to: fresh(i), value: U256::from(1000) }.abi_encode(),
+                    60_000,
+                )
             } else {
                 let mut t = tx(n, fresh(i), Vec::new(), 21_000);
                 t.value = U256::from(1);

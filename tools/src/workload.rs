@@ -50,16 +50,6 @@ pub fn creation_code(name: &str) -> Bytes {
     map.get(name).cloned().unwrap_or_else(|| panic!("Workload.json has no {name}"))
 }
 
-/// Calldata of `Token.mint(to, value)`.
-pub fn mint_call(to: Address, value: U256) -> Vec<u8> {
-    mintCall { to, value }.abi_encode()
-}
-
-/// Calldata of `Token.transfer(to, value)`.
-pub fn transfer_call(to: Address, value: U256) -> Vec<u8> {
-    transferCall { to, value }.abi_encode()
-}
-
 /// The deterministic address of workload account `i`.
 pub fn account(i: usize) -> Address {
     Address::from_word(keccak256(format!("strobe workload account {i}")))

@@ -128,8 +128,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 fn block_number(c: &mut Client) -> Result<u64, String> {
-    let v = c.rpc("eth_blockNumber", json!([])).map_err(|e| e.to_string())?;
-    quantity(&v["result"]).ok_or_else(|| format!("eth_blockNumber: {v}"))
+    c.block_number().map_err(|e| e.to_string())
 }
 
 /// Number of the node's newest mini-block (`strobe_getMiniBlocks`; `None` on other nodes).

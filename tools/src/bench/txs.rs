@@ -1,7 +1,10 @@
 //! Workloads for `strobe-bench`: the set-up a workload needs (funded senders, tokens, pools),
 //! and its transactions, all signed before the clock starts.
 
-use crate::client::{dev_signer, quantity, signed_hex, Client, CHAIN_ID};
+use crate::{
+    client::{dev_signer, signed_hex, Client, CHAIN_ID},
+    workload::{addLiquidityCall, approveCall, mintCall, swapCall, transferCall},
+};
 use alloy_consensus::TxEip1559;
 use alloy_primitives::{keccak256, Address, TxKind, U256};
 use alloy_signer_local::PrivateKeySigner;
@@ -19,14 +22,6 @@ const FUNDERS: u32 = 10;
 const SETUP_BATCH: usize = 200;
 /// Ether given to each sender (plenty for any run's gas).
 const SENDER_FUNDS_WEI: u128 = 10u128.pow(18);
-
-alloy_sol_types::sol! {
-    function mint(address to, uint256 value);
-    function transfer(address to, uint256 value) returns (bool);
-    function approve(address spender, uint256 value) returns (bool);
-    function addLiquidity(uint256 amount0, uint256 amount1);
-    function swap(bool zeroForOne, uint256 amountIn) returns (uint256);
-}
 
 /// Runtime of the contract the `deploy` workload creates: stores 42 in slot 0.
 const DEPLOY_INIT_CODE: [u8; 10] = [0x60, 0x2a, 0x60, 0x00, 0x55, 0x60, 0x01, 0x60, 0x00, 0xf3];
@@ -114,10 +109,7 @@ pub fn send_and_wait(
     let deadline = Instant::now() + Duration::from_secs(300);
     for (a, n) in want {
         loop {
-            let v = c
-                .rpc("eth_getTransactionCount", json!([a, "latest"]))
-                .map_err(|e| e.to_string())?;
-            if quantity(&v["result"]).unwrap_or(0) >= *n {
+            if c.nonce(*a, "latest").map_err(|e| e.to_string())? >= *n {
                 break;
             }
             if Instant::now() > deadline {
@@ -140,10 +132,7 @@ pub fn setup(c: &mut Client, spec: &WorkloadSpec) -> Result<Deployed, String> {
     let funders: Vec<_> = (0..FUNDERS).map(dev_signer).collect();
     let mut nonces = Vec::new();
     for f in &funders {
-        let v = c
-            .rpc("eth_getTransactionCount", json!([f.address(), "pending"]))
-            .map_err(|e| e.to_string())?;
-        nonces.push(quantity(&v["result"]).unwrap_or(0));
+        nonces.push(c.nonce(f.address(), "pending").map_err(|e| e.to_string())?);
     }
     let mut raws = Vec::new();
     for i in 0..spec.senders {
@@ -218,10 +207,7 @@ pub fn setup(c: &mut Client, spec: &WorkloadSpec) -> Result<Deployed, String> {
         let mut want = Vec::new();
         for i in 0..spec.senders {
             let s = sender(i);
-            let v = c
-                .rpc("eth_getTransactionCount", json!([s.address(), "pending"]))
-                .map_err(|e| e.to_string())?;
-            let mut n = quantity(&v["result"]).unwrap_or(0);
+            let mut n = c.nonce(s.address(), "pending").map_err(|e| e.to_string())?;
             for t in &deployed.tokens {
                 for p in &deployed.pools {
                     let input = approveCall { spender: *p, value: U256::MAX }.abi_encode();
@@ -259,10 +245,7 @@ pub fn sign_all(
     let mut rng = Rng::new(seed);
     let mut nonces = Vec::with_capacity(spec.senders);
     for i in 0..spec.senders {
-        let v = c
-            .rpc("eth_getTransactionCount", json!([sender(i).address(), "pending"]))
-            .map_err(|e| e.to_string())?;
-        nonces.push(quantity(&v["result"]).unwrap_or(0));
+        nonces.push(c.nonce(sender(i).address(), "pending").map_err(|e| e.to_string())?);
     }
     let signers: Vec<_> = (0..spec.senders).map(sender).collect();
     let hot = |k: u64| {

@@ -4,12 +4,14 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::{
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
-use strobe_tools::bench::{self, report, Driver, RunConfig, Transport, WorkloadSpec};
+use strobe_tools::{
+    bench::{self, report, Driver, RunConfig, Transport, WorkloadSpec},
+    client::await_rpc_url,
+};
 
 #[derive(Parser)]
 #[command(
@@ -203,14 +205,7 @@ fn compare(args: CompareArgs) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", strobe.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let url = loop {
-        let line = lines.next().ok_or("strobe dev exited at start")?.map_err(|e| e.to_string())?;
-        if let Some(u) = line.strip_prefix("RPC URL: ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (url, _) = await_rpc_url(&mut child)?;
     let strobe_result =
         run_and_report(&config(url, Some(child.id()), &args.load)?, "strobe", &args.load);
     let _ = Command::new("kill").arg(child.id().to_string()).status();
