@@ -204,6 +204,22 @@ impl Drop for Poster {
     }
 }
 
+/// Halves `batch`, keeping its first blocks, until it compresses to at most `max_bytes`, and
+/// returns it with its compressed bytes; or the compressed size of its first block alone, when
+/// even that does not fit.
+fn shrink_to_fit(mut batch: Batch, max_bytes: usize) -> Result<(Batch, Vec<u8>), usize> {
+    loop {
+        let data = batch.compress();
+        if data.len() <= max_bytes {
+            return Ok((batch, data));
+        }
+        if batch.blocks.len() <= 1 {
+            return Err(data.len());
+        }
+        batch.blocks.truncate(batch.blocks.len().div_ceil(2));
+    }
+}
+
 /// A test hook: `STROBE_POSTER_CRASH=<point>[:<n>]` kills the whole process with SIGKILL the
 /// n-th time (default first) the poster reaches `point` — `before-send`, `after-send` (sent,
 /// not mined) or `after-receipt` (mined, not yet confirmed) — so crash tests can hit each side
@@ -359,35 +375,27 @@ impl Worker {
         Ok(true)
     }
 
-    /// Builds and compresses blocks `first..=last`, halving the range until it fits.
-    fn cut(&self, first: u64, mut last: u64) -> Result<(Batch, Vec<u8>), SettlementError> {
-        loop {
-            let mut blocks = Vec::with_capacity((last - first + 1) as usize);
-            for n in first..=last {
-                blocks.push(self.source.block(n).ok_or_else(|| {
-                    SettlementError::Source(format!("sealed block {n} is not available"))
-                })?);
-            }
-            let genesis = if first == 0 {
-                Some(self.source.genesis().map_err(SettlementError::Source)?)
-            } else {
-                None
-            };
-            let batch = Batch { genesis, blocks };
-            let data = batch.compress();
-            if data.len() <= self.config.max_bytes {
-                return Ok((batch, data));
-            }
-            if last == first {
-                return Err(SettlementError::Config(format!(
-                    "block {first} compresses to {} bytes, more than the batch limit of {} \
-                     (post to EigenDA with --da eigenda, or raise --batch-max-bytes)",
-                    data.len(),
-                    self.config.max_bytes
-                )));
-            }
-            last = first + (last - first) / 2;
+    /// Builds and compresses blocks `first..=last`, halving the range until it fits. Blocks and
+    /// the genesis record are read once; only the compression is redone per halving.
+    fn cut(&self, first: u64, last: u64) -> Result<(Batch, Vec<u8>), SettlementError> {
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        for n in first..=last {
+            blocks.push(self.source.block(n).ok_or_else(|| {
+                SettlementError::Source(format!("sealed block {n} is not available"))
+            })?);
         }
+        let genesis = if first == 0 {
+            Some(self.source.genesis().map_err(SettlementError::Source)?)
+        } else {
+            None
+        };
+        shrink_to_fit(Batch { genesis, blocks }, self.config.max_bytes).map_err(|size| {
+            SettlementError::Config(format!(
+                "block {first} compresses to {size} bytes, more than the batch limit of {} \
+                 (post to EigenDA with --da eigenda, or raise --batch-max-bytes)",
+                self.config.max_bytes
+            ))
+        })
     }
 
     async fn post(
@@ -459,12 +467,7 @@ impl Worker {
                         (max_fee, tip) = self.bump(max_fee, tip, "replacement underpriced")?;
                         continue;
                     }
-                    SendFailure::NonceTooLow => {
-                        return Ok(match self.find_receipt(&sent).await? {
-                            Some(r) => self.settle(r).await?,
-                            None => Posted::Superseded,
-                        });
-                    }
+                    SendFailure::NonceTooLow => return self.nonce_taken(&sent).await,
                     SendFailure::Reverted(reason) => return Ok(Posted::Refused(reason)),
                     SendFailure::Other(_) => return Err(l1("sending the batch", &e)),
                 },
@@ -480,15 +483,20 @@ impl Worker {
                 }
                 let mined_nonce = self.confirmed_nonce().await?;
                 if mined_nonce > nonce {
-                    // Our nonce was used; one of ours may have been mined since the last look.
-                    return Ok(match self.find_receipt(&sent).await? {
-                        Some(r) => self.settle(r).await?,
-                        None => Posted::Superseded,
-                    });
+                    return self.nonce_taken(&sent).await;
                 }
                 tokio::time::sleep(self.config.poll).await;
             }
             (max_fee, tip) = self.bump(max_fee, tip, "not mined in time")?;
+        }
+    }
+
+    /// Our nonce was used: by one of `sent` (possibly mined since the last look), or by a
+    /// transaction of an earlier run.
+    async fn nonce_taken(&mut self, sent: &[B256]) -> Result<Posted, SettlementError> {
+        match self.find_receipt(sent).await? {
+            Some(r) => self.settle(r).await,
+            None => Ok(Posted::Superseded),
         }
     }
 
@@ -589,5 +597,39 @@ impl Worker {
             Some(r) if r.block_hash == receipt.block_hash => Ok(Posted::Confirmed(Box::new(r))),
             _ => Ok(Posted::Superseded),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::{consensus::Header, primitives::Bytes};
+
+    /// Blocks 5.. of 1 KiB of incompressible transaction bytes each.
+    fn blocks(n: u64) -> Vec<BatchBlock> {
+        (5..5 + n)
+            .map(|number| BatchBlock {
+                header: Header { number, ..Default::default() },
+                txs: vec![Bytes::from(
+                    (0..1024u32)
+                        .map(|i| keccak256((number as u32 * 4096 + i).to_le_bytes())[0])
+                        .collect::<Vec<u8>>(),
+                )],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_halve_from_the_front_until_they_fit() {
+        let all = Batch { genesis: None, blocks: blocks(9) };
+        let (fits, data) = shrink_to_fit(all.clone(), 4 * 1024).unwrap();
+        // 9 → 5 → 3 blocks: the first three, all that fit in 4 KiB.
+        assert_eq!((fits.first_block(), fits.last_block()), (5, 7));
+        assert!(data.len() <= 4 * 1024);
+        assert_eq!(Batch::decompress(&data).unwrap(), fits);
+        let (whole, _) = shrink_to_fit(all.clone(), 1 << 20).unwrap();
+        assert_eq!(whole, all);
+        let too_big = shrink_to_fit(all, 512).unwrap_err();
+        assert!(too_big > 1024, "the first block alone: {too_big} bytes");
     }
 }
