@@ -188,11 +188,7 @@ pub fn decode_and_recover(raw: &[u8], rules: &IntakeRules) -> Result<RecoveredTx
     if raw.len() > TX_MAX_SIZE_BYTES {
         return Err(TxError::Oversized { size: raw.len(), limit: TX_MAX_SIZE_BYTES });
     }
-    let mut buf = raw;
-    let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
-    if !buf.is_empty() {
-        return Err(TxError::Decode("input contains more than one value".into()));
-    }
+    let envelope = decode_exact(raw)?;
     if envelope.is_eip4844() {
         return Err(TxError::TypeNotSupported(
             "blob transactions (EIP-4844) are not accepted: this chain carries no blobs",
@@ -215,12 +211,17 @@ pub fn decode_and_recover(raw: &[u8], rules: &IntakeRules) -> Result<RecoveredTx
 /// Decodes `raw` (EIP-2718) and recovers its sender and EIP-7702 authorities, with no check of
 /// the chain's intake rules: for transactions already in a block (replay and verification).
 pub fn recover(raw: &[u8]) -> Result<RecoveredTx, TxError> {
+    recovered(decode_exact(raw)?, raw.len())
+}
+
+/// Decodes `raw` as exactly one EIP-2718 transaction.
+fn decode_exact(raw: &[u8]) -> Result<TxEnvelope, TxError> {
     let mut buf = raw;
     let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
     if !buf.is_empty() {
         return Err(TxError::Decode("input contains more than one value".into()));
     }
-    recovered(envelope, raw.len())
+    Ok(envelope)
 }
 
 fn recovered(envelope: TxEnvelope, encoded_len: usize) -> Result<RecoveredTx, TxError> {

@@ -16,8 +16,7 @@ use std::{
     thread::JoinHandle,
 };
 use strobe_engine::{
-    chain::IncludedTx,
-    sequencer::Notify,
+    sequencer::{Notify, ReceiptNotify},
     tx::{decode_and_recover, IntakeRules, TxError},
     Engine,
 };
@@ -36,7 +35,7 @@ pub struct RecoveryJob {
     /// Learns the pool's verdict, or why it never got there.
     pub on_accept: Notify<Result<B256, TxError>>,
     /// Learns of its inclusion (sync sends).
-    pub on_receipt: Option<Notify<Result<Arc<IncludedTx>, TxError>>>,
+    pub on_receipt: Option<ReceiptNotify>,
 }
 
 /// The recovery workers.

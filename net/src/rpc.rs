@@ -19,7 +19,7 @@ use std::{
 use strobe_engine::{
     chain::{ChainView, IncludedTx, SealedBlock},
     exec::{self, CallRequest, TxExecution},
-    sequencer::Notify,
+    sequencer::{Notify, ReceiptNotify},
     storage::{StateView, ViewDb},
     tx::TxError,
     Engine,
@@ -220,9 +220,6 @@ pub struct Rpc {
     /// Identity of the connection being served, which picks its recovery worker.
     route: usize,
 }
-
-/// The callback that learns of a transaction's inclusion.
-type ReceiptNotify = Notify<Result<Arc<IncludedTx>, TxError>>;
 
 /// What a send waits for: the pool's verdict, or (sync and realtime sends) the receipt, with its
 /// deadline; and whether a nonce gap is refused.
