@@ -109,7 +109,7 @@ async fn verify_async(
         |what: &str, e: &dyn std::fmt::Display| VerifyFailure::Unavailable(format!("{what}: {e}"));
     let inbox = StrobeInbox::new(options.inbox, &provider);
     let count = inbox.nextIndex().call().await.map_err(|e| unavailable("reading the inbox", &e))?;
-    let events = batch_events(&provider, options, count).await?;
+    let events = batch_events(&provider, options.inbox, options.from_block, count).await?;
     let da = options.da_url.as_deref().map(DaClient::new);
     let mut replayer: Option<Replayer> = None;
     let mut report = VerifyReport {
@@ -143,18 +143,7 @@ async fn verify_async(
         if !agrees {
             return Err(bad("the posting call and its event disagree".into()));
         }
-        let data = match call.dataKind {
-            DATA_CALLDATA => call.data.to_vec(),
-            DATA_EIGENDA => {
-                let da = da.as_ref().ok_or_else(|| {
-                    bad("posted to EigenDA: pass --da-url to fetch its data".into())
-                })?;
-                da.get(&call.data).await.map_err(|e| {
-                    bad(format!("EigenDA certificate 0x{}: {e}", alloy::hex::encode(&call.data)))
-                })?
-            }
-            kind => return Err(bad(format!("unknown data kind {kind}"))),
-        };
+        let data = posted_data(&call, da.as_ref()).await.map_err(bad)?;
         if keccak256(&data) != call.dataHash {
             return Err(bad(format!(
                 "data hashes to {}, the inbox recorded {}",
@@ -221,11 +210,30 @@ async fn verify_async(
     Ok(report)
 }
 
-/// The `BatchPosted` events of indexes `0..count`, with their transactions, searched from
-/// `options.from_block` in ranges of [`LOG_RANGE_BLOCKS`].
-async fn batch_events(
+/// The data a posting call stands for: its own calldata, or the blob behind its EigenDA
+/// certificate (fetched from `da`). Not yet checked against the call's data hash.
+pub async fn posted_data(
+    call: &StrobeInbox::postBatchCall,
+    da: Option<&DaClient>,
+) -> Result<Vec<u8>, String> {
+    match call.dataKind {
+        DATA_CALLDATA => Ok(call.data.to_vec()),
+        DATA_EIGENDA => {
+            let da = da.ok_or("posted to EigenDA: pass --da-url to fetch its data")?;
+            da.get(&call.data).await.map_err(|e| {
+                format!("EigenDA certificate 0x{}: {e}", alloy::hex::encode(&call.data))
+            })
+        }
+        kind => Err(format!("unknown data kind {kind}")),
+    }
+}
+
+/// The `BatchPosted` events of `inbox` for indexes `0..count`, with their transactions,
+/// searched from L1 block `from_block` in ranges of [`LOG_RANGE_BLOCKS`].
+pub async fn batch_events(
     provider: &DynProvider,
-    options: &VerifyOptions,
+    inbox: Address,
+    from_block: u64,
     count: u64,
 ) -> Result<BTreeMap<u64, (StrobeInbox::BatchPosted, B256)>, VerifyFailure> {
     let latest = provider
@@ -233,11 +241,11 @@ async fn batch_events(
         .await
         .map_err(|e| VerifyFailure::Unavailable(format!("reading the L1 block number: {e}")))?;
     let mut events = BTreeMap::new();
-    let mut from = options.from_block;
+    let mut from = from_block;
     while from <= latest && (events.len() as u64) < count {
         let to = (from + LOG_RANGE_BLOCKS - 1).min(latest);
         let filter = Filter::new()
-            .address(options.inbox)
+            .address(inbox)
             .event_signature(StrobeInbox::BatchPosted::SIGNATURE_HASH)
             .from_block(from)
             .to_block(to);

@@ -11,7 +11,7 @@ use alloy::{
     consensus::{Transaction, TxEip1559},
     primitives::{keccak256, Address, TxKind, U256},
     providers::Provider,
-    sol_types::{SolCall, SolEvent},
+    sol_types::SolCall,
 };
 use serde_json::{json, Value};
 use std::{
@@ -22,8 +22,9 @@ use std::{
 use strobe_settlement::{
     batch::Batch,
     eigenda::DaClient,
-    inbox::{self, StrobeInbox, DATA_CALLDATA},
+    inbox::{self, StrobeInbox},
     l1,
+    verifier::{batch_events, posted_data},
 };
 
 /// Dev accounts that send the workload.
@@ -179,18 +180,10 @@ pub fn settlement_cost(
     let (mut l1_gas, mut calldata, mut compressed, mut raw, mut l2_txs, mut blocks) =
         (0u64, 0usize, 0usize, 0usize, 0usize, 0u64);
     runtime.block_on(async {
-        let filter = alloy::rpc::types::Filter::new()
-            .address(node.inbox)
-            .event_signature(StrobeInbox::BatchPosted::SIGNATURE_HASH)
-            .from_block(0);
-        let logs = provider.get_logs(&filter).await.map_err(|e| e.to_string())?;
-        for log in logs {
-            let ev =
-                StrobeInbox::BatchPosted::decode_log_data(log.data()).map_err(|e| e.to_string())?;
-            if ev.index < first_index || ev.index >= last_index {
-                continue;
-            }
-            let hash = log.transaction_hash.ok_or("log without transaction")?;
+        let events =
+            batch_events(&provider, node.inbox, 0, last_index).await.map_err(|e| e.to_string())?;
+        for (_, (_, hash)) in events.range(first_index..) {
+            let hash = *hash;
             let receipt = provider
                 .get_transaction_receipt(hash)
                 .await
@@ -203,16 +196,7 @@ pub fn settlement_cost(
                 .ok_or("no tx")?;
             let call = StrobeInbox::postBatchCall::abi_decode(l1_tx.inner.input())
                 .map_err(|e| e.to_string())?;
-            let data = if call.dataKind == DATA_CALLDATA {
-                call.data.to_vec()
-            } else {
-                da_client
-                    .as_ref()
-                    .ok_or("no DA URL")?
-                    .get(&call.data)
-                    .await
-                    .map_err(|e| e.to_string())?
-            };
+            let data = posted_data(&call, da_client.as_ref()).await?;
             let batch = Batch::decompress(&data).map_err(|e| e.to_string())?;
             l1_gas += receipt.gas_used;
             calldata += l1_tx.inner.input().len();
