@@ -269,7 +269,7 @@ const SEAL_WAIT: Duration = Duration::from_secs(3);
 /// Unit of the CPU times in `/proc/<pid>/stat` (Linux's USER_HZ, 100 on every architecture).
 const PROC_TICKS_PER_SECOND: f64 = 100.0;
 
-/// Sends one lane's transactions; returns how many it sent.
+/// Sends one lane's transactions, marking each as sent.
 fn lane_loop(
     shared: &Shared,
     url: &str,
@@ -278,16 +278,15 @@ fn lane_loop(
     transport: Transport,
     open: bool,
     stop_at: Instant,
-) -> u64 {
+) {
     let Ok(mut c) = Client::connect(url) else {
         for (j, _) in &mine {
             shared.samples.lock().unwrap_or_else(|p| p.into_inner())[*j].sent = true;
             shared.finish(*j, Err("cannot connect".into()));
         }
-        return 0;
+        return;
     };
     let _ = c.set_timeout(Duration::from_secs(30));
-    let mut sent = 0;
     for (j, raw) in mine {
         if open {
             let at = shared.start + Duration::from_micros(due[j]);
@@ -297,16 +296,12 @@ fn lane_loop(
         } else if Instant::now() >= stop_at {
             break;
         }
-        if !open && Instant::now() >= stop_at {
-            break;
-        }
         let now = shared.now_us();
         {
             let mut s = shared.samples.lock().unwrap_or_else(|p| p.into_inner());
             s[j].due_us = if open { due[j] } else { now };
             s[j].sent = true;
         }
-        sent += 1;
         let method = match transport {
             Transport::Http => "eth_sendRawTransaction",
             Transport::HttpSync => "eth_sendRawTransactionSync",
@@ -328,7 +323,6 @@ fn lane_loop(
             },
         }
     }
-    sent
 }
 
 fn wait_receipt(shared: &Shared, c: &mut Client, j: usize, hash: &str) {
