@@ -122,6 +122,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Config(format!("async runtime: {e}")))
 }
 
+/// Deploys an inbox for `sequencer`, paid by `key`, and waits until it is mined.
+fn deploy_inbox(
+    l1_rpc: &str,
+    key: alloy_signer_local::PrivateKeySigner,
+    sequencer: Address,
+) -> Result<Address, CliError> {
+    let provider = l1::connect_with_wallet(l1_rpc, key).map_err(settle_error)?;
+    runtime()?.block_on(inbox::deploy(&provider, sequencer)).map_err(settle_error)
+}
+
 fn settle_error(e: impl std::fmt::Display) -> CliError {
     CliError::Settlement(e.to_string())
 }
@@ -161,10 +171,7 @@ pub(crate) fn start(
     let key = l1::parse_key(&key_hex).map_err(settle_error)?;
     let inbox = match (args.inbox, &anvil) {
         (Some(a), _) => a,
-        (None, Some(_)) => {
-            let provider = l1::connect_with_wallet(&l1_rpc, key.clone()).map_err(settle_error)?;
-            runtime()?.block_on(inbox::deploy(&provider, key.address())).map_err(settle_error)?
-        }
+        (None, Some(_)) => deploy_inbox(&l1_rpc, key.clone(), key.address())?,
         (None, None) => {
             return Err(CliError::Config(
                 "--l1-rpc needs --inbox (deploy one with `strobe deploy-inbox`)".into(),
@@ -282,8 +289,7 @@ pub(crate) struct DeployArgs {
 pub(crate) fn run_deploy(args: DeployArgs) -> Result<(), CliError> {
     let key = l1::parse_key(&args.l1_key).map_err(settle_error)?;
     let sequencer = args.sequencer.unwrap_or(key.address());
-    let provider = l1::connect_with_wallet(&args.l1_rpc, key).map_err(settle_error)?;
-    let address = runtime()?.block_on(inbox::deploy(&provider, sequencer)).map_err(settle_error)?;
+    let address = deploy_inbox(&args.l1_rpc, key, sequencer)?;
     println!("{address}");
     Ok(())
 }
