@@ -104,9 +104,10 @@ impl Anvil {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // The kernel kills anvil when the thread that started it dies, so a strobe killed
+        // with SIGKILL leaves no anvil behind.
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe. It makes the kernel kill anvil when the thread that
-        // started it dies, so a strobe killed with SIGKILL leaves no anvil behind.
+        // which is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
