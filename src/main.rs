@@ -23,6 +23,7 @@ use strobe_engine::{
     Engine,
 };
 
+mod cores;
 mod genesis;
 mod settle;
 
@@ -164,6 +165,32 @@ struct ChainArgs {
     /// Smallest mini-block, in transactions, worth executing in parallel.
     #[arg(long, default_value_t = strobe_engine::parallel::MIN_PARALLEL_TXS)]
     parallel_min_txs: usize,
+    /// CPUs per role, e.g. `net=0-1,recovery=2-3,seq=15,exec=4-14` (`commit=` names the
+    /// sequencer thread, which commits). Unnamed roles keep the default layout, printed at start.
+    #[arg(long)]
+    cores: Option<String>,
+    /// Network threads, each with its own event loop and listener (default: one per `net` CPU).
+    #[arg(long)]
+    net_threads: Option<usize>,
+    /// Event loop: `auto` (io_uring, or epoll with a warning where the kernel refuses it),
+    /// `uring` or `epoll`.
+    #[arg(long, default_value = "auto")]
+    net_backend: strobe_net::Backend,
+    /// Serve Prometheus metrics on this port (same host; 0 picks a free one).
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Most open connections per network thread; more are answered 503.
+    #[arg(long, default_value_t = strobe_net::session::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Close idle connections after this long (WebSocket clients get pings meanwhile).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// A request must arrive whole within this long (slowloris guard); otherwise 408.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Most bytes queued for one connection; a subscriber past it is disconnected (close 1008).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_outbound_bytes: usize,
 }
 
 /// Parses `10ms`, `500us`, `2s`, `1m` or a bare number of milliseconds.
@@ -201,9 +228,7 @@ pub(crate) enum CliError {
     Bind { addr: String, source: std::io::Error },
     #[error("the engine failed to start: {0}")]
     Engine(#[from] strobe_engine::EngineError),
-    #[error(
-        "the network server stopped: {0} (io_uring is required; check kernel.io_uring_disabled)"
-    )]
+    #[error("the network server stopped: {0}")]
     Server(std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -298,8 +323,8 @@ fn run_dev(args: DevArgs) -> Result<(), CliError> {
         print_banner(&keys, args.balance, &config);
     }
     let settlement = settle::start(&args.settle, &engine)?;
-    let recovery = args.chain.recovery_threads.unwrap_or_else(default_recovery_threads);
-    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect(), recovery, settlement)
+    let net = net_config(&args.chain)?;
+    serve(listener, engine, keys.iter().map(|(a, _)| *a).collect(), &args.chain, net, settlement)
 }
 
 fn run_node(args: NodeArgs) -> Result<(), CliError> {
@@ -325,8 +350,52 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
         head.header.state_root
     );
     let settlement = settle::start(&args.settle, &engine)?;
-    let recovery = args.chain.recovery_threads.unwrap_or_else(default_recovery_threads);
-    serve(listener, engine, Vec::new(), recovery, settlement)
+    let net = net_config(&args.chain)?;
+    serve(listener, engine, Vec::new(), &args.chain, net, settlement)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The core layout: the defaults for this machine, overridden by `--cores`.
+fn core_map(args: &ChainArgs) -> Result<cores::CoreMap, CliError> {
+    let defaults = cores::CoreMap::default_for(cpus());
+    match &args.cores {
+        None => Ok(defaults),
+        Some(spec) => cores::CoreMap::parse(spec, defaults, cpus())
+            .map_err(|e| CliError::Config(format!("--cores: {e}"))),
+    }
+}
+
+fn net_config(args: &ChainArgs) -> Result<strobe_net::NetConfig, CliError> {
+    let map = core_map(args)?;
+    let threads = args.net_threads.unwrap_or(map.net.len()).max(1);
+    let recovery_threads = args.recovery_threads.unwrap_or(if map.recovery.is_empty() {
+        default_recovery_threads()
+    } else {
+        map.recovery.len()
+    });
+    if args.max_connections == 0 {
+        return Err(CliError::Config("--max-connections must be at least 1".into()));
+    }
+    if args.max_outbound_bytes < 64 * 1024 {
+        return Err(CliError::Config("--max-outbound-bytes must be at least 65536".into()));
+    }
+    Ok(strobe_net::NetConfig {
+        threads,
+        cores: map.net.clone(),
+        backend: args.net_backend,
+        limits: strobe_net::session::Limits {
+            max_connections: args.max_connections,
+            idle_timeout: args.idle_timeout,
+            request_timeout: args.request_timeout,
+            max_outbound_bytes: args.max_outbound_bytes,
+            ..Default::default()
+        },
+        recovery_threads,
+        recovery_cores: map.recovery.clone(),
+    })
 }
 
 /// The chain configuration and genesis from the shared flags.
@@ -337,6 +406,7 @@ fn chain_setup(args: &ChainArgs) -> Result<(ChainConfig, Genesis), CliError> {
     if args.gas_limit < 21_000 {
         return Err(CliError::Config("--gas-limit must be at least 21000".into()));
     }
+    let map = core_map(args)?;
     let mut genesis = Genesis::default();
     let mut chain_id = args.chain_id;
     if let Some(path) = &args.genesis {
@@ -352,8 +422,12 @@ fn chain_setup(args: &ChainArgs) -> Result<(ChainConfig, Genesis), CliError> {
         block_gas_limit: args.gas_limit,
         mini_block_gas_limit: (args.gas_limit / 10).max(30_000_000).min(args.gas_limit),
         beneficiary: args.beneficiary,
-        sequencer_core: args.sequencer_core.or_else(default_sequencer_core),
-        exec_threads: args.exec_threads.unwrap_or_else(default_exec_threads).max(1),
+        sequencer_core: args.sequencer_core.or(map.seq),
+        exec_threads: args
+            .exec_threads
+            .unwrap_or(if map.exec.is_empty() { default_exec_threads() } else { map.exec.len() })
+            .max(1),
+        exec_cores: map.exec.clone(),
         parallel_min_txs: args.parallel_min_txs.max(1),
         ..ChainConfig::default()
     };
@@ -362,7 +436,14 @@ fn chain_setup(args: &ChainArgs) -> Result<(ChainConfig, Genesis), CliError> {
 
 fn bind(args: &ChainArgs) -> Result<TcpListener, CliError> {
     let addr = format!("{}:{}", args.host, args.port);
-    TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr, source })
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|source| CliError::Bind { addr: addr.clone(), source })?
+        .next()
+        .ok_or_else(|| CliError::Bind {
+            addr: addr.clone(),
+            source: std::io::Error::other("the address resolves to nothing"),
+        })?;
+    strobe_net::bind(resolved).map_err(|source| CliError::Bind { addr, source })
 }
 
 fn start_engine(
@@ -395,7 +476,8 @@ fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     accounts: Vec<Address>,
-    recovery_threads: usize,
+    args: &ChainArgs,
+    net: strobe_net::NetConfig,
     settlement: Option<settle::Settlement>,
 ) -> Result<(), CliError> {
     let local = listener
@@ -403,7 +485,30 @@ fn serve(
         .map_err(|source| CliError::Bind { addr: "listener".into(), source })?;
     println!("Listening on {local}");
     println!("RPC URL: http://{local}");
+    println!("WebSocket URL: ws://{local}");
+    println!("Binary protocol: tcp://{local} (docs/binary-protocol.md)");
+    println!(
+        "Cores: {} ({} network threads, {} recovery threads, {:?} event loop)",
+        core_map(args)?,
+        net.threads,
+        net.recovery_threads,
+        net.backend
+    );
     let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(strobe_net::metrics::Metrics::default());
+    let metrics_thread = match args.metrics_port {
+        None => None,
+        Some(port) => {
+            let addr = format!("{}:{port}", args.host);
+            let l = TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr, source })?;
+            let local = l.local_addr().map_err(|source| CliError::Bind { addr: "metrics".into(), source })?;
+            println!("Metrics: http://{local}/metrics");
+            Some(
+                strobe_net::metrics::serve_metrics(l, metrics.clone(), engine.clone(), stop.clone())
+                    .map_err(CliError::Server)?,
+            )
+        }
+    };
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| CliError::Config(format!("could not install signal handler: {e}")))?;
@@ -419,9 +524,12 @@ fn serve(
             }
         })
     };
-    let served = strobe_net::serve(listener, engine.clone(), accounts, recovery_threads, &stop);
+    let served = strobe_net::serve(listener, engine.clone(), accounts, &net, metrics, &stop);
     stop.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
     if let Some(s) = settlement {
         s.stop();
     }
@@ -514,12 +622,6 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// On machines with four or more cores the sequencer gets the last core to itself by default; on
-/// smaller ones (the 2-core dev machines) pinning would only fight the clients for a core.
-fn default_sequencer_core() -> Option<usize> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    (cores >= 4).then(|| cores - 1)
-}
 
 /// Sender recovery (~50–80 µs per transaction) is the network path's largest cost: a quarter of
 /// the cores, and at least one thread so the network thread never does it itself.

@@ -38,6 +38,8 @@ pub struct ChainConfig {
     pub sequencer_core: Option<usize>,
     /// Block-STM worker threads; 1 executes every mini-block sequentially.
     pub exec_threads: usize,
+    /// CPUs the Block-STM workers are pinned to (cycled); empty: not pinned.
+    pub exec_cores: Vec<usize>,
     /// Smallest mini-block (in transactions) executed in parallel.
     pub parallel_min_txs: usize,
 }
@@ -56,6 +58,7 @@ impl Default for ChainConfig {
             pool: PoolLimits::default(),
             sequencer_core: None,
             exec_threads: 1,
+            exec_cores: Vec::new(),
             parallel_min_txs: crate::parallel::MIN_PARALLEL_TXS,
         }
     }

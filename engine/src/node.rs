@@ -7,7 +7,8 @@ use crate::{
     chain::{ChainView, IncludedTx, MiniBlock, SealedBlock},
     config::{ChainConfig, Genesis},
     sequencer::{
-        try_send, Command, Durable, Notify, Sequencer, Shared, Submission, INTAKE_QUEUE_CAPACITY,
+        try_send, Command, Durable, Notify, Sequencer, Shared, Submission, Subscriber, Waker,
+        INTAKE_QUEUE_CAPACITY,
     },
     tx::{decode_and_recover, IntakeRules, RecoveredTx, TxError},
 };
@@ -17,6 +18,15 @@ use std::{path::Path, sync::Arc, thread::JoinHandle, time::Duration};
 use strobe_storage::{
     ChainStore, ChainStoreOptions, PersistentStore, StateStore, StoreOptions, Wal, WalOptions,
 };
+
+/// Queue depths in front of the sequencer.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueDepths {
+    /// Commands (submissions, receipt watches) waiting in the intake queue.
+    pub intake: usize,
+    /// Transactions in the pool.
+    pub pool: usize,
+}
 
 /// A running engine: the sequencer thread plus the handles to talk to it.
 pub struct Engine {
@@ -183,6 +193,11 @@ impl Engine {
             .unwrap_or(Err(TxError::Unavailable("timed out waiting for the receipt")))
     }
 
+    /// How full the queues in front of the sequencer are, for metrics.
+    pub fn queue_depths(&self) -> QueueDepths {
+        QueueDepths { intake: self.intake.len(), pool: self.shared.pool.load().txs.len() }
+    }
+
     /// The nonce the next transaction of `address` should carry (pool included).
     pub fn pending_nonce(&self, address: &Address) -> u64 {
         // Read the pool's map before the state: the sequencer publishes state first, then prunes
@@ -197,19 +212,40 @@ impl Engine {
         self.shared.pool.load().txs.get(hash).cloned()
     }
 
-    /// A bounded feed of mini-blocks; the subscription ends if the receiver falls `capacity`
-    /// mini-blocks behind.
+    /// A bounded feed of mini-blocks, each published once it is durable; the subscription ends
+    /// (the receiver sees a disconnect) if the receiver falls `capacity` mini-blocks behind.
     pub fn subscribe_mini_blocks(&self, capacity: usize) -> Receiver<Arc<MiniBlock>> {
-        let (tx, rx) = bounded(capacity);
-        self.shared.mini_block_subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        self.subscribe_mini_blocks_waking(capacity, None)
+    }
+
+    /// [`Self::subscribe_mini_blocks`], calling `wake` on the sequencer thread after each item
+    /// (for event loops that sleep on a descriptor rather than on the channel).
+    pub fn subscribe_mini_blocks_waking(
+        &self,
+        capacity: usize,
+        wake: Option<Waker>,
+    ) -> Receiver<Arc<MiniBlock>> {
+        subscribe(&self.shared.mini_block_subscribers, capacity, wake)
     }
 
     /// A bounded feed of sealed EVM blocks, ending like [`Self::subscribe_mini_blocks`].
     pub fn subscribe_blocks(&self, capacity: usize) -> Receiver<Arc<SealedBlock>> {
-        let (tx, rx) = bounded(capacity);
-        self.shared.block_subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        self.subscribe_blocks_waking(capacity, None)
+    }
+
+    /// [`Self::subscribe_blocks`] with a waker, like [`Self::subscribe_mini_blocks_waking`].
+    pub fn subscribe_blocks_waking(
+        &self,
+        capacity: usize,
+        wake: Option<Waker>,
+    ) -> Receiver<Arc<SealedBlock>> {
+        subscribe(&self.shared.block_subscribers, capacity, wake)
+    }
+
+    /// A bounded feed of transactions as the pool admits them, ending like
+    /// [`Self::subscribe_mini_blocks`]; dropping the receiver ends it at the next admission.
+    pub fn subscribe_pending(&self, capacity: usize, wake: Option<Waker>) -> Receiver<Arc<RecoveredTx>> {
+        subscribe(&self.shared.pending_subscribers, capacity, wake)
     }
 
     /// Stops the sequencer after its current mini-block and waits for it.
@@ -219,6 +255,16 @@ impl Engine {
             let _ = t.join();
         }
     }
+}
+
+fn subscribe<T>(
+    subscribers: &std::sync::Mutex<Vec<Subscriber<T>>>,
+    capacity: usize,
+    wake: Option<Waker>,
+) -> Receiver<Arc<T>> {
+    let (queue, rx) = bounded(capacity);
+    subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(Subscriber { queue, wake });
+    rx
 }
 
 impl Drop for Engine {

@@ -69,9 +69,11 @@ pub struct Shared {
     /// Pending nonces and transactions of the pool.
     pub pool: ArcSwap<PoolView>,
     /// Mini-block subscribers; a subscriber whose queue is full is dropped.
-    pub mini_block_subscribers: Mutex<Vec<Sender<Arc<MiniBlock>>>>,
+    pub mini_block_subscribers: Mutex<Vec<Subscriber<MiniBlock>>>,
     /// Sealed-block subscribers; a subscriber whose queue is full is dropped.
-    pub block_subscribers: Mutex<Vec<Sender<Arc<SealedBlock>>>>,
+    pub block_subscribers: Mutex<Vec<Subscriber<SealedBlock>>>,
+    /// Subscribers to transactions admitted into the pool; dropped like the others.
+    pub pending_subscribers: Mutex<Vec<Subscriber<RecoveredTx>>>,
     /// Why the sequencer stopped on its own (a storage failure), once it has.
     pub fatal: OnceLock<String>,
 }
@@ -181,10 +183,11 @@ impl Sequencer {
             pool: ArcSwap::from_pointee(PoolView::default()),
             mini_block_subscribers: Mutex::new(Vec::new()),
             block_subscribers: Mutex::new(Vec::new()),
+            pending_subscribers: Mutex::new(Vec::new()),
             fatal: OnceLock::new(),
         });
         let pool = Mempool::new(config.pool);
-        let mut executor = ParallelExecutor::new(config.exec_threads)?;
+        let mut executor = ParallelExecutor::pinned(config.exec_threads, &config.exec_cores)?;
         executor.set_min_parallel_txs(config.parallel_min_txs);
         let mut sequencer = Self {
             executor,
@@ -390,6 +393,7 @@ impl Sequencer {
                 if let Some(w) = on_receipt {
                     self.waiters.entry(hash).or_default().push(w);
                 }
+                publish(&self.shared.pending_subscribers, &tx);
                 self.pool_view.txs.insert(hash, tx);
                 self.refresh_pending_nonce(&sender);
                 self.shared.pool.store(Arc::new(self.pool_view.clone()));
@@ -643,10 +647,30 @@ impl Sequencer {
     }
 }
 
-fn publish<T>(subscribers: &Mutex<Vec<Sender<Arc<T>>>>, item: &Arc<T>) {
+/// Wakes a subscriber's thread after an item was queued for it (an eventfd write, say); it runs
+/// on the sequencer thread, so it must be quick and never block.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// One subscriber of a feed: a bounded queue and an optional waker.
+pub struct Subscriber<T> {
+    /// Where items go.
+    pub queue: Sender<Arc<T>>,
+    /// Called after each item is queued.
+    pub wake: Option<Waker>,
+}
+
+fn publish<T>(subscribers: &Mutex<Vec<Subscriber<T>>>, item: &Arc<T>) {
     let mut subs = subscribers.lock().unwrap_or_else(|p| p.into_inner());
-    subs.retain(|s| match s.try_send(item.clone()) {
-        Ok(()) => true,
+    if subs.is_empty() {
+        return;
+    }
+    subs.retain(|s| match s.queue.try_send(item.clone()) {
+        Ok(()) => {
+            if let Some(wake) = &s.wake {
+                wake();
+            }
+            true
+        }
         Err(TrySendError::Full(_)) => {
             tracing::warn!("dropping a subscriber that fell behind");
             false

@@ -37,6 +37,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// `Sec-WebSocket-Key` of a WebSocket upgrade request.
+    pub websocket_key: Option<String>,
 }
 
 /// A request that cannot be served; the connection is answered with `status` and closed.
@@ -54,6 +56,9 @@ pub enum HttpError {
     /// `Transfer-Encoding` other than identity.
     #[error("chunked request bodies are not supported; send Content-Length")]
     LengthRequired,
+    /// A WebSocket upgrade of another version than 13 (RFC 6455).
+    #[error("unsupported WebSocket version; use Sec-WebSocket-Version: 13")]
+    UpgradeRequired,
 }
 
 impl HttpError {
@@ -64,6 +69,7 @@ impl HttpError {
             HttpError::HeadTooLarge => "431 Request Header Fields Too Large",
             HttpError::BodyTooLarge(_) => "413 Payload Too Large",
             HttpError::LengthRequired => "411 Length Required",
+            HttpError::UpgradeRequired => "426 Upgrade Required",
         }
     }
 }
@@ -109,6 +115,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
     let mut keep_alive = version >= 1;
     let mut content_length: Option<usize> = None;
     let mut expect_continue = false;
+    let mut upgrade_websocket = false;
+    let mut websocket_key = None;
+    let mut websocket_version = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -133,8 +142,27 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
             }
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_websocket = String::from_utf8_lossy(h.value)
+                .split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            websocket_key = std::str::from_utf8(h.value).ok().map(|k| k.trim().to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            websocket_version = Some(h.value.trim_ascii().to_vec());
         }
     }
+    let websocket_key = if upgrade_websocket && method == Method::Get {
+        if websocket_version.as_deref() != Some(b"13") {
+            return Err(HttpError::UpgradeRequired);
+        }
+        match websocket_key {
+            Some(k) if !k.is_empty() => Some(k),
+            _ => return Err(HttpError::BadRequest("WebSocket upgrade without Sec-WebSocket-Key")),
+        }
+    } else {
+        None
+    };
     let body_len = content_length.unwrap_or(0);
     if body_len > MAX_BODY_BYTES {
         return Err(HttpError::BodyTooLarge(body_len));
@@ -144,7 +172,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
         return Ok(Parsed::Partial { expect_continue });
     }
     let body = buf[head_len..head_len + body_len].to_vec();
-    Ok(Parsed::Complete(Request { method, path, keep_alive, body }, head_len + body_len))
+    Ok(Parsed::Complete(
+        Request { method, path, keep_alive, body, websocket_key },
+        head_len + body_len,
+    ))
 }
 
 /// Appends a complete response with CORS headers to `out`.

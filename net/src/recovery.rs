@@ -45,15 +45,22 @@ pub struct SenderRecovery {
 }
 
 impl SenderRecovery {
-    /// Starts `threads` workers (at least one) submitting to `engine`.
-    pub fn start(engine: Arc<Engine>, threads: usize) -> std::io::Result<Self> {
+    /// Starts `threads` workers (at least one) submitting to `engine`, pinned to `cores`
+    /// (cycled; empty: not pinned).
+    pub fn start(engine: Arc<Engine>, threads: usize, cores: &[usize]) -> std::io::Result<Self> {
         let mut queues = Vec::new();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let (tx, rx) = bounded::<RecoveryJob>(RECOVERY_QUEUE_CAPACITY);
             let engine = engine.clone();
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let handle = std::thread::Builder::new().name(format!("strobe-recover-{i}")).spawn(
                 move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                            tracing::warn!(core, "could not pin recovery thread {i}");
+                        }
+                    }
                     for job in rx {
                         recover_and_submit(&engine, job);
                     }
@@ -175,7 +182,7 @@ mod tests {
         let key = secp256k1::SecretKey::from_secret_bytes([7u8; 32]).unwrap();
         let (raw, sender) = signed(&key, 0);
         let engine = Arc::new(engine_funding(sender));
-        let recovery = SenderRecovery::start(engine.clone(), 2).unwrap();
+        let recovery = SenderRecovery::start(engine.clone(), 2, &[0]).unwrap();
         let hash = verdict(&recovery, &engine, raw.clone()).expect("a funded transfer is accepted");
         assert_eq!(hash, alloy_primitives::keccak256(&raw));
         let garbage = verdict(&recovery, &engine, vec![0xde, 0xad, 0xbe, 0xef]).unwrap_err();
@@ -186,7 +193,7 @@ mod tests {
         let mut stopped = engine_funding(sender);
         stopped.shutdown();
         let stopped = Arc::new(stopped);
-        let recovery = SenderRecovery::start(stopped.clone(), 1).unwrap();
+        let recovery = SenderRecovery::start(stopped.clone(), 1, &[]).unwrap();
         let (raw, _) = signed(&key, 0);
         let refused = verdict(&recovery, &stopped, raw).unwrap_err();
         assert!(matches!(refused, TxError::Unavailable(_)), "{refused}");

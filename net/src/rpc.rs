@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use strobe_engine::{
@@ -62,7 +62,8 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
+    /// An error with `code` and `message`.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), data: None }
     }
     /// -32602.
@@ -78,7 +79,8 @@ impl RpcError {
     }
 }
 
-fn tx_error(e: &TxError) -> RpcError {
+/// The JSON-RPC error a refused transaction gets.
+pub fn tx_error(e: &TxError) -> RpcError {
     match e {
         TxError::NonceGap { expected, .. } => {
             RpcError::new(5, e.to_string()).with_data(json!(format!("{expected:#x}")))
@@ -87,7 +89,8 @@ fn tx_error(e: &TxError) -> RpcError {
     }
 }
 
-fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
+/// A JSON-RPC response object.
+pub fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
     match result {
         Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
         Err(e) => {
@@ -209,14 +212,26 @@ enum FilterKind {
     Logs { filter: Box<Filter>, next: u64 },
 }
 
-/// Per-network-thread RPC state.
+/// Filters installed with `eth_newFilter`/`eth_newBlockFilter`, shared by every network thread
+/// (an HTTP client's next poll may arrive on another connection, served by another thread).
+/// Only the filter methods take its lock.
+#[derive(Default)]
+pub struct Filters {
+    map: HashMap<u64, InstalledFilter>,
+    next_id: u64,
+}
+
+/// What a transport adds to the JSON-RPC methods: `eth_subscribe` and `eth_unsubscribe` on
+/// WebSocket connections. Called before the built-in methods; `None` lets them answer.
+pub type Extension<'a> = &'a mut dyn FnMut(&str, &[Value]) -> Option<Result<Value, RpcError>>;
+
+/// RPC state of one network thread.
 pub struct Rpc {
     engine: Arc<Engine>,
     accounts: Vec<Address>,
-    filters: HashMap<u64, InstalledFilter>,
-    next_filter_id: u64,
+    filters: Arc<Mutex<Filters>>,
     /// Workers that recover senders off this thread (`None`: recover inline).
-    recovery: Option<crate::recovery::SenderRecovery>,
+    recovery: Option<Arc<crate::recovery::SenderRecovery>>,
     /// Identity of the connection being served, which picks its recovery worker.
     route: usize,
 }
@@ -270,21 +285,37 @@ impl Rpc {
         Self {
             engine,
             accounts,
-            filters: HashMap::new(),
-            next_filter_id: 1,
+            filters: Arc::new(Mutex::new(Filters { map: HashMap::new(), next_id: 1 })),
             recovery: None,
             route: 0,
         }
     }
 
+    /// Another thread's RPC state over the same engine, filters and recovery workers.
+    pub fn sibling(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            accounts: self.accounts.clone(),
+            filters: self.filters.clone(),
+            recovery: self.recovery.clone(),
+            route: 0,
+        }
+    }
+
     /// Recovers senders on `threads` worker threads instead of the calling thread (0 keeps
-    /// recovery inline).
-    pub fn with_recovery(mut self, threads: usize) -> std::io::Result<Self> {
+    /// recovery inline), pinned to `cores` (cycled; empty: not pinned).
+    pub fn with_recovery(mut self, threads: usize, cores: &[usize]) -> std::io::Result<Self> {
         if threads > 0 {
-            let workers = crate::recovery::SenderRecovery::start(self.engine.clone(), threads)?;
-            self.recovery = Some(workers);
+            let workers =
+                crate::recovery::SenderRecovery::start(self.engine.clone(), threads, cores)?;
+            self.recovery = Some(Arc::new(workers));
         }
         Ok(self)
+    }
+
+    /// The engine served.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Names the connection the next [`Self::dispatch`] serves: its transactions keep their
@@ -295,6 +326,19 @@ impl Rpc {
 
     /// Handles one HTTP body. `callbacks(i)` builds the engine callbacks for part `i`.
     pub fn dispatch(&mut self, body: &[u8], callbacks: &dyn Fn(usize) -> Callbacks) -> Dispatched {
+        self.dispatch_with(body, callbacks, &mut |method, _| {
+            matches!(method, "eth_subscribe" | "eth_unsubscribe")
+                .then(|| Err(RpcError::new(-32601, "notifications not supported")))
+        })
+    }
+
+    /// [`Self::dispatch`] with the transport's own methods in `ext`.
+    pub fn dispatch_with(
+        &mut self,
+        body: &[u8],
+        callbacks: &dyn Fn(usize) -> Callbacks,
+        ext: Extension<'_>,
+    ) -> Dispatched {
         let value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
@@ -336,21 +380,26 @@ impl Rpc {
                 let mut parts = Vec::with_capacity(calls.len());
                 for call in calls {
                     let index = parts.len();
-                    if let Some(p) = self.call(call, &|| callbacks(index)) {
+                    if let Some(p) = self.call(call, &|| callbacks(index), ext) {
                         parts.push(p);
                     }
                 }
                 Dispatched { batch: true, parts }
             }
             other => {
-                let parts = self.call(other, &|| callbacks(0)).into_iter().collect();
+                let parts = self.call(other, &|| callbacks(0), ext).into_iter().collect();
                 Dispatched { batch: false, parts }
             }
         }
     }
 
     /// Handles one call object; `None` for notifications (no id).
-    fn call(&mut self, call: Value, callbacks: &dyn Fn() -> Callbacks) -> Option<Part> {
+    fn call(
+        &mut self,
+        call: Value,
+        callbacks: &dyn Fn() -> Callbacks,
+        ext: Extension<'_>,
+    ) -> Option<Part> {
         let Value::Object(mut obj) = call else {
             return Some(Part::Ready(response(
                 &Value::Null,
@@ -391,7 +440,10 @@ impl Rpc {
                 )))
             }
         };
-        let outcome = self.method(&method, &params, callbacks);
+        let outcome = match ext(&method, &params) {
+            Some(r) => Outcome::Done(r),
+            None => self.method(&method, &params, callbacks),
+        };
         if is_notification {
             return None;
         }
@@ -485,6 +537,20 @@ impl Rpc {
             Ok(r) => r,
             Err(e) => return Outcome::Done(Err(e)),
         };
+        match self.submit_raw(raw, sync, callbacks) {
+            Ok((kind, deadline)) => Outcome::Wait(kind, deadline),
+            Err(e) => Outcome::Done(Err(e)),
+        }
+    }
+
+    /// Submits a raw transaction (JSON-RPC sends and the binary protocol): its answers arrive
+    /// through `callbacks`; the returned kind and deadline say what the caller waits for.
+    pub fn submit_raw(
+        &mut self,
+        raw: Bytes,
+        sync: Option<(bool, Duration)>,
+        callbacks: &dyn Fn() -> Callbacks,
+    ) -> Result<(WaitKind, Option<Instant>), RpcError> {
         if let Some(recovery) = &self.recovery {
             // Only the hash here; decoding and recovery happen on a worker, which answers
             // through the callbacks.
@@ -499,20 +565,17 @@ impl Rpc {
                 on_receipt,
             };
             return match recovery.submit(self.route, job) {
-                Ok(()) => Outcome::Wait(kind, deadline),
-                Err(e) => Outcome::Done(Err(tx_error(&e))),
+                Ok(()) => Ok((kind, deadline)),
+                Err(e) => Err(tx_error(&e)),
             };
         }
-        let tx = match self.engine.decode(&raw) {
-            Ok(tx) => tx,
-            Err(e) => return Outcome::Done(Err(tx_error(&e))),
-        };
+        let tx = self.engine.decode(&raw).map_err(|e| tx_error(&e))?;
         let hash = tx.hash;
         let cb = callbacks();
         let (kind, deadline, on_receipt, reject_gap) = wait_for(sync, hash, cb.on_receipt);
         match self.engine.submit(tx, reject_gap, Some(cb.on_accept), on_receipt) {
-            Ok(()) => Outcome::Wait(kind, deadline),
-            Err(e) => Outcome::Done(Err(tx_error(&e))),
+            Ok(()) => Ok((kind, deadline)),
+            Err(e) => Err(tx_error(&e)),
         }
     }
 
@@ -739,8 +802,9 @@ impl Rpc {
             "eth_getFilterChanges" => self.filter_changes(param(p, 0)?, view),
             "eth_getFilterLogs" => {
                 let id: U256 = param(p, 0)?;
-                let f = self
-                    .filters
+                let filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+                let f = filters
+                    .map
                     .get(&id.saturating_to::<u64>())
                     .ok_or_else(|| RpcError::server("filter not found"))?;
                 match &f.kind {
@@ -752,7 +816,8 @@ impl Rpc {
             }
             "eth_uninstallFilter" => {
                 let id: U256 = param(p, 0)?;
-                Ok(json!(self.filters.remove(&id.saturating_to::<u64>()).is_some()))
+                let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(json!(filters.map.remove(&id.saturating_to::<u64>()).is_some()))
             }
             _ => Err(RpcError::new(
                 -32601,
@@ -763,21 +828,23 @@ impl Rpc {
 
     fn install(&mut self, kind: FilterKind) -> Result<Value, RpcError> {
         let now = Instant::now();
-        self.filters.retain(|_, f| now.duration_since(f.last_poll) < FILTER_TIMEOUT);
-        if self.filters.len() >= MAX_FILTERS {
+        let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        filters.map.retain(|_, f| now.duration_since(f.last_poll) < FILTER_TIMEOUT);
+        if filters.map.len() >= MAX_FILTERS {
             return Err(RpcError::server(format!(
                 "too many filters installed (limit {MAX_FILTERS})"
             )));
         }
-        let id = self.next_filter_id;
-        self.next_filter_id += 1;
-        self.filters.insert(id, InstalledFilter { kind, last_poll: now });
+        let id = filters.next_id;
+        filters.next_id += 1;
+        filters.map.insert(id, InstalledFilter { kind, last_poll: now });
         Ok(qty(id))
     }
 
     fn filter_changes(&mut self, id: U256, view: &ChainView) -> Result<Value, RpcError> {
-        let f = self
-            .filters
+        let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        let f = filters
+            .map
             .get_mut(&id.saturating_to::<u64>())
             .ok_or_else(|| RpcError::server("filter not found"))?;
         f.last_poll = Instant::now();

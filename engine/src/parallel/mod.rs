@@ -146,12 +146,26 @@ impl ParallelExecutor {
     /// An executor with `threads` workers (at least one). With one, Block-STM runs on the
     /// calling thread (useful only for testing); the adaptive path then always runs sequentially.
     pub fn new(threads: usize) -> Result<Self, ParallelError> {
+        Self::pinned(threads, &[])
+    }
+
+    /// [`Self::new`] with worker `i` pinned to `cores[i % cores.len()]` (empty: not pinned).
+    pub fn pinned(threads: usize, cores: &[usize]) -> Result<Self, ParallelError> {
         let threads = threads.max(1);
+        let cores = cores.to_vec();
         let pool = if threads > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .thread_name(|i| format!("strobe-exec-{i}"))
+                    .start_handler(move |i| {
+                        if !cores.is_empty() {
+                            let id = cores[i % cores.len()];
+                            if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                                tracing::warn!(core = id, "could not pin execution worker {i}");
+                            }
+                        }
+                    })
                     .build()
                     .map_err(|e| ParallelError::Threads { threads, reason: e.to_string() })?,
             )

@@ -1,0 +1,1140 @@
+//! The protocol side of one network thread, independent of how bytes move: every connection's
+//! state machine (HTTP/1.1 with pipelining, WebSocket after an upgrade, or the binary protocol,
+//! told apart by the first bytes), JSON-RPC dispatch, subscriptions fed by the engine, limits and
+//! timeouts. The io_uring driver ([`crate::uring`]) and the epoll driver ([`crate::epoll`]) only
+//! move bytes in and out of a [`Hub`], so both serve exactly the same protocols.
+
+use crate::{
+    binary::{self, ClientMsg, ServerMsg},
+    http::{self, Method, Parsed},
+    metrics::{ErrorKind, Metrics},
+    rpc::{self, Callbacks, Dispatched, Event, Part, Rpc, RpcError, WaitKind},
+    subs::{self, SubKind, Subscriptions},
+    ws::{self, Opcode},
+};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use serde_json::{json, Value};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use strobe_engine::{
+    chain::{MiniBlock, SealedBlock},
+    sequencer::Waker,
+    tx::RecoveredTx,
+};
+
+/// Limits of one network layer; see the README's "Limits" table.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most open connections per network thread; more are answered `503` and closed.
+    pub max_connections: usize,
+    /// An idle HTTP keep-alive connection, or a WebSocket or binary connection without traffic
+    /// (and no feed), is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request whose bytes started arriving must be complete within this (slowloris): `408`.
+    pub request_timeout: Duration,
+    /// Most bytes queued for one connection; a subscriber past it is disconnected.
+    pub max_outbound_bytes: usize,
+    /// How long a disconnected slow subscriber gets to take its close frame before the socket
+    /// is closed under it.
+    pub slow_close_grace: Duration,
+    /// Interval of server pings on WebSocket connections.
+    pub ws_ping_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(10),
+            max_outbound_bytes: 16 << 20,
+            slow_close_grace: Duration::from_secs(2),
+            ws_ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Default most open connections per network thread.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Most requests of one connection awaiting their response (pipelining depth).
+pub const MAX_PIPELINED: usize = 64;
+/// Capacity of each engine feed into a network thread (mini-blocks, blocks, pending
+/// transactions); a thread that falls this far behind resubscribes.
+const FEED_CAPACITY: usize = 4096;
+/// How often connections are checked against the timeouts.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Wakes a network thread from another thread (an eventfd for both drivers).
+pub trait Wake: Send + Sync {
+    /// Makes the thread's loop call [`Hub::on_wake`] soon.
+    fn wake(&self);
+}
+
+/// Wakes coalesced: only the first wake after the hub drained its queues reaches the driver.
+struct Doorbell {
+    rung: AtomicBool,
+    wake: Arc<dyn Wake>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            self.wake.wake();
+        }
+    }
+}
+
+struct Completion {
+    slot: u32,
+    gen: u32,
+    seq: u64,
+    part: usize,
+    event: Event,
+}
+
+/// A binary submission waiting for the engine.
+struct BinaryWait {
+    tag: u64,
+    wait_receipt: bool,
+    accepted: bool,
+    deadline: Option<Instant>,
+}
+
+enum Pending {
+    Bytes(Vec<u8>),
+    Rpc(Dispatched),
+    Binary(BinaryWait),
+}
+
+struct Response {
+    seq: u64,
+    keep_alive: bool,
+    body: Pending,
+    received: Instant,
+    sync_send: bool,
+}
+
+enum Mode {
+    /// Nothing read yet: HTTP or the binary preface?
+    Sniff,
+    Http,
+    WebSocket { fragments: Option<(Opcode, Vec<u8>)> },
+    Binary { feed: bool },
+}
+
+struct Session {
+    gen: u32,
+    mode: Mode,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    responses: VecDeque<Response>,
+    next_seq: u64,
+    /// Close once `out` is written.
+    close_after_flush: bool,
+    /// Close now, dropping what is queued.
+    kill: bool,
+    continue_sent: bool,
+    last_input: Instant,
+    partial_since: Option<Instant>,
+    last_ping: Instant,
+    /// Set when the connection was disconnected for falling behind: the deadline to take the
+    /// close frame.
+    behind_deadline: Option<Instant>,
+    dirty: bool,
+}
+
+/// What the driver should do with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoWant {
+    /// Close the socket now.
+    pub close_now: bool,
+    /// Close the socket once everything taken with [`Hub::take_output`] is written.
+    pub close_after_flush: bool,
+    /// Keep receiving (false: backpressure, too many responses queued).
+    pub read: bool,
+}
+
+/// The protocol state of one network thread.
+pub struct Hub {
+    rpc: Rpc,
+    sessions: Vec<Option<Session>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    open: usize,
+    subs: Subscriptions,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    doorbell: Arc<Doorbell>,
+    done_tx: Sender<Completion>,
+    done_rx: Receiver<Completion>,
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32, u64)>>,
+    mini_blocks: Receiver<Arc<MiniBlock>>,
+    blocks: Receiver<Arc<SealedBlock>>,
+    pending: Option<Receiver<Arc<RecoveredTx>>>,
+    last_mini_block_us: Option<u64>,
+    /// Whether this thread records the mini-block interval (one thread does).
+    records_interval: bool,
+    next_sweep: Instant,
+    dirty: Vec<u32>,
+}
+
+impl Hub {
+    /// A hub for thread number `thread`, waking its loop through `wake`.
+    pub fn new(
+        rpc: Rpc,
+        thread: usize,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        wake: Arc<dyn Wake>,
+    ) -> Self {
+        let doorbell = Arc::new(Doorbell { rung: AtomicBool::new(false), wake });
+        let (done_tx, done_rx) = unbounded();
+        let engine = rpc.engine().clone();
+        let mini_blocks = engine.subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&doorbell)));
+        let blocks = engine.subscribe_blocks_waking(FEED_CAPACITY, Some(waker(&doorbell)));
+        Self {
+            rpc,
+            sessions: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            subs: Subscriptions::new(thread),
+            limits,
+            metrics,
+            doorbell,
+            done_tx,
+            done_rx,
+            deadlines: BinaryHeap::new(),
+            mini_blocks,
+            blocks,
+            pending: None,
+            last_mini_block_us: None,
+            records_interval: thread == 0,
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Registers a new connection; `None` when at the connection limit (the driver writes
+    /// [`Hub::refusal`] and closes it).
+    pub fn accept(&mut self) -> Option<(u32, u32)> {
+        if self.open >= self.limits.max_connections {
+            self.metrics.error(ErrorKind::ConnectionLimit);
+            return None;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.sessions.push(None);
+                self.gens.push(0);
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        let gen = self.gens[slot as usize];
+        let now = Instant::now();
+        self.sessions[slot as usize] = Some(Session {
+            gen,
+            mode: Mode::Sniff,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            responses: VecDeque::new(),
+            next_seq: 0,
+            close_after_flush: false,
+            kill: false,
+            continue_sent: false,
+            last_input: now,
+            partial_since: None,
+            last_ping: now,
+            behind_deadline: None,
+            dirty: false,
+        });
+        self.open += 1;
+        self.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        Some((slot, gen))
+    }
+
+    /// The answer to a connection over the limit.
+    pub fn refusal() -> Vec<u8> {
+        plain("503 Service Unavailable", b"too many connections\n", false)
+    }
+
+    /// The driver closed connection `slot`: forget it.
+    pub fn closed(&mut self, slot: u32) {
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let dropped = self.subs.remove_connection(slot);
+        if matches!(s.mode, Mode::Binary { feed: true }) {
+            self.metrics.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.metrics.subscriptions_active.fetch_sub(dropped as u64, Ordering::Relaxed);
+        self.gens[slot as usize] = (s.gen + 1) & 0x00FF_FFFF;
+        self.free.push(slot);
+        self.open -= 1;
+        self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        if self.pending.is_some() && !self.subs.wants_pending() {
+            // Dropping the receiver ends the engine's feed at its next admission.
+            self.pending = None;
+        }
+    }
+
+    /// Moves connection `slot`'s queued output to the end of `into`.
+    pub fn take_output(&mut self, slot: u32, into: &mut Vec<u8>) {
+        if let Some(s) = self.session(slot) {
+            into.append(&mut s.out);
+        }
+    }
+
+    /// Whether connection `slot` has output queued.
+    pub fn has_output(&self, slot: u32) -> bool {
+        self.sessions.get(slot as usize).and_then(Option::as_ref).is_some_and(|s| !s.out.is_empty())
+    }
+
+    /// What the driver should do with connection `slot`.
+    pub fn want(&self, slot: u32) -> IoWant {
+        match self.sessions.get(slot as usize).and_then(Option::as_ref) {
+            None => IoWant { close_now: true, close_after_flush: true, read: false },
+            Some(s) => IoWant {
+                close_now: s.kill,
+                close_after_flush: s.close_after_flush,
+                read: !s.close_after_flush
+                    && !s.kill
+                    && s.responses.len() < MAX_PIPELINED
+                    && s.out.len() < self.limits.max_outbound_bytes,
+            },
+        }
+    }
+
+    /// Connections with new output or a new close decision since the last call.
+    pub fn take_dirty(&mut self) -> Vec<u32> {
+        let list = std::mem::take(&mut self.dirty);
+        for &slot in &list {
+            if let Some(s) = self.session(slot) {
+                s.dirty = false;
+            }
+        }
+        list
+    }
+
+    /// When [`Hub::on_timer`] should run next.
+    pub fn next_deadline(&self) -> Instant {
+        match self.deadlines.peek() {
+            Some(Reverse((d, ..))) => (*d).min(self.next_sweep),
+            None => self.next_sweep,
+        }
+    }
+
+    fn session(&mut self, slot: u32) -> Option<&mut Session> {
+        self.sessions.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn mark(&mut self, slot: u32) {
+        if let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Bytes arrived on connection `slot`.
+    pub fn on_input(&mut self, slot: u32, data: &[u8]) {
+        let now = Instant::now();
+        let Some(s) = self.session(slot) else { return };
+        if s.kill || s.close_after_flush {
+            return;
+        }
+        s.last_input = now;
+        if s.inbuf.is_empty() {
+            s.partial_since = Some(now);
+        }
+        s.inbuf.extend_from_slice(data);
+        self.process(slot);
+        if let Some(s) = self.session(slot) {
+            if s.inbuf.is_empty() {
+                s.partial_since = None;
+            }
+        }
+        self.flush(slot);
+        self.mark(slot);
+    }
+
+    /// Parses and serves whatever complete requests connection `slot` has buffered.
+    fn process(&mut self, slot: u32) {
+        loop {
+            let Some(s) = self.session(slot) else { return };
+            if s.kill || s.close_after_flush || s.inbuf.is_empty() {
+                return;
+            }
+            let progressed = match s.mode {
+                Mode::Sniff => {
+                    let n = s.inbuf.len().min(binary::PREFACE.len());
+                    if s.inbuf[..n] != binary::PREFACE[..n] {
+                        s.mode = Mode::Http;
+                        true
+                    } else if n == binary::PREFACE.len() {
+                        s.inbuf.drain(..n);
+                        s.mode = Mode::Binary { feed: false };
+                        s.out.extend_from_slice(binary::PREFACE);
+                        self.metrics.binary_connections.fetch_add(1, Ordering::Relaxed);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Mode::Http => self.process_http(slot),
+                Mode::WebSocket { .. } => self.process_ws(slot),
+                Mode::Binary { .. } => self.process_binary(slot),
+            };
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn process_http(&mut self, slot: u32) -> bool {
+        let metrics = self.metrics.clone();
+        let Some(s) = self.session(slot) else { return false };
+        if s.responses.len() >= MAX_PIPELINED {
+            return false;
+        }
+        match http::parse_request(&s.inbuf) {
+            Ok(Parsed::Partial { expect_continue }) => {
+                if expect_continue && !s.continue_sent && s.responses.is_empty() {
+                    s.out.extend_from_slice(http::CONTINUE);
+                    s.continue_sent = true;
+                }
+                false
+            }
+            Ok(Parsed::Complete(req, used)) => {
+                s.inbuf.drain(..used);
+                s.continue_sent = false;
+                s.partial_since = (!s.inbuf.is_empty()).then(Instant::now);
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                let keep_alive = req.keep_alive;
+                if let Some(key) = req.websocket_key.as_deref().filter(|_| req.method == Method::Get)
+                {
+                    if !s.responses.is_empty() {
+                        s.out.extend(plain("400 Bad Request", b"upgrade while requests are pending\n", false));
+                        s.close_after_flush = true;
+                        return false;
+                    }
+                    s.out.extend_from_slice(&ws::handshake_response(key));
+                    s.mode = Mode::WebSocket { fragments: None };
+                    metrics.websocket_upgrades.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                let body = match req.method {
+                    Method::Post => {
+                        metrics.http_calls.fetch_add(1, Ordering::Relaxed);
+                        let d = self.dispatch_rpc(slot, seq, &req.body, false);
+                        Pending::Rpc(d)
+                    }
+                    Method::Options => Pending::Bytes(plain("204 No Content", b"", keep_alive)),
+                    Method::Get | Method::Head => {
+                        Pending::Bytes(plain("200 OK", b"strobe ok\n", keep_alive))
+                    }
+                    Method::Other => {
+                        Pending::Bytes(plain("405 Method Not Allowed", b"use POST\n", keep_alive))
+                    }
+                };
+                self.push_response(slot, seq, keep_alive, body);
+                true
+            }
+            Err(e) => {
+                let kind = match e {
+                    http::HttpError::HeadTooLarge => ErrorKind::HeaderTooLarge,
+                    http::HttpError::BodyTooLarge(_) => ErrorKind::BodyTooLarge,
+                    _ => ErrorKind::BadRequest,
+                };
+                metrics.error(kind);
+                tracing::debug!(error = %e, "bad HTTP request");
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.inbuf.clear();
+                let msg = format!("{e}\n");
+                let body = Pending::Bytes(plain(e.status(), msg.as_bytes(), false));
+                self.push_response(slot, seq, false, body);
+                false
+            }
+        }
+    }
+
+    fn push_response(&mut self, slot: u32, seq: u64, keep_alive: bool, body: Pending) {
+        let sync_send = matches!(&body, Pending::Rpc(d) if d.parts.iter().any(|p| matches!(p, Part::Waiting { kind: WaitKind::Sync(_) | WaitKind::Realtime(_), .. })))
+            || matches!(&body, Pending::Binary(b) if b.wait_receipt);
+        let deadline = match &body {
+            Pending::Rpc(d) => d.next_deadline(),
+            Pending::Binary(b) => b.deadline,
+            Pending::Bytes(_) => None,
+        };
+        let Some(s) = self.session(slot) else { return };
+        let gen = s.gen;
+        s.responses.push_back(Response {
+            seq,
+            keep_alive,
+            body,
+            received: Instant::now(),
+            sync_send,
+        });
+        if let Some(d) = deadline {
+            self.deadlines.push(Reverse((d, slot, gen, seq)));
+        }
+    }
+
+    fn callbacks(&self, slot: u32, gen: u32, seq: u64) -> impl Fn(usize) -> Callbacks {
+        let tx = self.done_tx.clone();
+        let bell = self.doorbell.clone();
+        move |part: usize| {
+            let (tx2, bell2) = (tx.clone(), bell.clone());
+            let (tx3, bell3) = (tx.clone(), bell.clone());
+            Callbacks {
+                on_accept: Box::new(move |r| {
+                    let _ =
+                        tx2.send(Completion { slot, gen, seq, part, event: Event::Accepted(r) });
+                    bell2.ring();
+                }),
+                on_receipt: Box::new(move |r| {
+                    let _ =
+                        tx3.send(Completion { slot, gen, seq, part, event: Event::Included(r) });
+                    bell3.ring();
+                }),
+            }
+        }
+    }
+
+    fn dispatch_rpc(&mut self, slot: u32, seq: u64, body: &[u8], websocket: bool) -> Dispatched {
+        let gen = self.sessions[slot as usize].as_ref().map_or(0, |s| s.gen);
+        let callbacks = self.callbacks(slot, gen, seq);
+        self.rpc.set_route(slot as usize);
+        let metrics = self.metrics.clone();
+        let subs = &mut self.subs;
+        let mut wants_pending = false;
+        let dispatched = if websocket {
+            self.rpc.dispatch_with(body, &callbacks, &mut |method, params| match method {
+                "eth_subscribe" => Some(SubKind::parse(params).and_then(|kind| {
+                    let pending = matches!(kind, SubKind::NewPendingTransactions { .. });
+                    let r = subs.add(slot, gen, kind);
+                    match &r {
+                        Ok(_) => {
+                            wants_pending |= pending;
+                            metrics.subscriptions_active.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.code == -32005 => metrics.error(ErrorKind::SubscriptionLimit),
+                        Err(_) => {}
+                    }
+                    r.map(Value::String)
+                })),
+                "eth_unsubscribe" => Some(match params.first().and_then(Value::as_str) {
+                    Some(id) => {
+                        let removed = subs.remove(slot, id);
+                        if removed {
+                            metrics.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        Ok(json!(removed))
+                    }
+                    None => Err(RpcError::invalid_params("expected a subscription id")),
+                }),
+                _ => None,
+            })
+        } else {
+            self.rpc.dispatch(body, &callbacks)
+        };
+        if dispatched.batch && dispatched.parts.len() == 1 {
+            if let Part::Ready(v) = &dispatched.parts[0] {
+                if v["error"]["code"] == json!(-32600)
+                    && v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large"))
+                {
+                    metrics.error(ErrorKind::BatchTooLarge);
+                }
+            }
+        } else if !dispatched.batch {
+            if let Some(Part::Ready(v)) = dispatched.parts.first() {
+                if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large")) {
+                    metrics.error(ErrorKind::BatchTooLarge);
+                }
+            }
+        }
+        if wants_pending && self.pending.is_none() {
+            let engine = self.rpc.engine().clone();
+            self.pending = Some(engine.subscribe_pending(FEED_CAPACITY, Some(waker(&self.doorbell))));
+        }
+        dispatched
+    }
+
+    fn process_ws(&mut self, slot: u32) -> bool {
+        let metrics = self.metrics.clone();
+        let Some(s) = self.session(slot) else { return false };
+        let (frame, used) = match ws::parse_client_frame(&s.inbuf) {
+            Ok(None) => return false,
+            Ok(Some(f)) => f,
+            Err(e) => {
+                metrics.error(match e {
+                    ws::FrameError::TooBig(_) => ErrorKind::WsTooBig,
+                    ws::FrameError::Protocol(_) => ErrorKind::WsProtocol,
+                });
+                tracing::debug!(error = %e, "closing a WebSocket");
+                close_ws(s, e.close_code(), &e.to_string());
+                return false;
+            }
+        };
+        s.inbuf.drain(..used);
+        let Mode::WebSocket { fragments } = &mut s.mode else { return false };
+        let message = match frame.opcode {
+            Opcode::Ping => {
+                ws::write_frame(&mut s.out, Opcode::Pong, &frame.payload);
+                return true;
+            }
+            Opcode::Pong => return true,
+            Opcode::Close => {
+                match ws::close_code(&frame.payload) {
+                    Ok(code) => close_ws(s, code, ""),
+                    Err(e) => {
+                        metrics.error(ErrorKind::WsProtocol);
+                        close_ws(s, e.close_code(), &e.to_string())
+                    }
+                }
+                return false;
+            }
+            Opcode::Text | Opcode::Binary => {
+                if fragments.is_some() {
+                    metrics.error(ErrorKind::WsProtocol);
+                    close_ws(s, ws::CLOSE_PROTOCOL, "new message inside a fragmented one");
+                    return false;
+                }
+                if frame.fin {
+                    (frame.opcode, frame.payload)
+                } else {
+                    *fragments = Some((frame.opcode, frame.payload));
+                    return true;
+                }
+            }
+            Opcode::Continuation => {
+                let Some((op, mut buf)) = fragments.take() else {
+                    metrics.error(ErrorKind::WsProtocol);
+                    close_ws(s, ws::CLOSE_PROTOCOL, "continuation without a message");
+                    return false;
+                };
+                if buf.len() + frame.payload.len() > ws::MAX_MESSAGE_BYTES {
+                    metrics.error(ErrorKind::WsTooBig);
+                    close_ws(s, ws::CLOSE_TOO_BIG, "message too big");
+                    return false;
+                }
+                buf.extend_from_slice(&frame.payload);
+                if frame.fin {
+                    (op, buf)
+                } else {
+                    *fragments = Some((op, buf));
+                    return true;
+                }
+            }
+        };
+        let (op, payload) = message;
+        if op == Opcode::Text && std::str::from_utf8(&payload).is_err() {
+            metrics.error(ErrorKind::WsProtocol);
+            close_ws(s, ws::CLOSE_INVALID_DATA, "text message is not UTF-8");
+            return false;
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        metrics.ws_calls.fetch_add(1, Ordering::Relaxed);
+        let d = self.dispatch_rpc(slot, seq, &payload, true);
+        self.push_response(slot, seq, true, Pending::Rpc(d));
+        true
+    }
+
+    fn process_binary(&mut self, slot: u32) -> bool {
+        let metrics = self.metrics.clone();
+        let Some(s) = self.session(slot) else { return false };
+        let parsed = binary::parse_frame(&s.inbuf)
+            .and_then(|f| f.map(|(kind, body, used)| Ok((binary::decode_client(kind, body)?, used))).transpose());
+        let (msg, used) = match parsed {
+            Ok(None) => return false,
+            Ok(Some(m)) => m,
+            Err(e) => {
+                metrics.error(ErrorKind::BinaryMalformed);
+                binary::encode_server(&ServerMsg::Error { code: e.code(), message: e.to_string() }, &mut s.out);
+                s.close_after_flush = true;
+                s.inbuf.clear();
+                return false;
+            }
+        };
+        s.inbuf.drain(..used);
+        metrics.binary_frames.fetch_add(1, Ordering::Relaxed);
+        match msg {
+            ClientMsg::Ping(v) => binary::encode_server(&ServerMsg::Pong(v), &mut s.out),
+            ClientMsg::Subscribe { feeds } => {
+                let want = feeds & binary::FEED_MINI_BLOCKS != 0;
+                if let Mode::Binary { feed } = &mut s.mode {
+                    if *feed != want {
+                        if want {
+                            metrics.subscriptions_active.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            metrics.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    *feed = want;
+                }
+            }
+            ClientMsg::Submit { tag, flags, raw } => {
+                if s.responses.len() >= MAX_PIPELINED * 64 {
+                    binary::encode_server(
+                        &ServerMsg::Rejected { tag, code: -32005, message: "too many submissions waiting on this connection".into() },
+                        &mut s.out,
+                    );
+                    return true;
+                }
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                let gen = s.gen;
+                let wait_receipt = flags & binary::SUBMIT_WAIT_RECEIPT != 0;
+                let sync = wait_receipt.then_some((true, rpc::REALTIME_TIMEOUT));
+                let cb = self.callbacks(slot, gen, seq);
+                self.rpc.set_route(slot as usize);
+                match self.rpc.submit_raw(raw.into(), sync, &|| cb(0)) {
+                    Ok((_, deadline)) => {
+                        let wait = BinaryWait { tag, wait_receipt, accepted: false, deadline };
+                        self.push_response(slot, seq, true, Pending::Binary(wait));
+                    }
+                    Err(e) => {
+                        let s = self.session(slot).expect("live");
+                        binary::encode_server(&rejected(tag, &e), &mut s.out);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Drains engine callbacks and feeds; call when the driver's wake descriptor fires.
+    pub fn on_wake(&mut self) {
+        self.doorbell.rung.store(false, Ordering::Release);
+        let done: Vec<Completion> = self.done_rx.try_iter().collect();
+        for d in done {
+            self.complete(d);
+        }
+        self.drain_feeds();
+    }
+
+    fn complete(&mut self, d: Completion) {
+        let rpc = &self.rpc;
+        let Some(s) = self.sessions.get_mut(d.slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.gen != d.gen {
+            return;
+        }
+        let Some(pos) = s.responses.iter().position(|r| r.seq == d.seq) else { return };
+        let resp = &mut s.responses[pos];
+        let changed = match &mut resp.body {
+            Pending::Rpc(dispatched) => match dispatched.parts.get_mut(d.part) {
+                Some(part) => rpc.complete(part, d.event),
+                None => false,
+            },
+            Pending::Binary(wait) => {
+                let tag = wait.tag;
+                let (msg, finished) = match d.event {
+                    Event::Accepted(Ok(hash)) => {
+                        wait.accepted = true;
+                        (Some(ServerMsg::Accepted { tag, hash }), !wait.wait_receipt)
+                    }
+                    Event::Accepted(Err(e)) | Event::Included(Err(e)) => {
+                        (Some(rejected(tag, &rpc::tx_error(&e))), true)
+                    }
+                    Event::Included(Ok(inc)) => (
+                        Some(ServerMsg::Receipt { tag, receipt: binary::compact_receipt(&inc) }),
+                        true,
+                    ),
+                };
+                if let Some(m) = msg {
+                    binary::encode_server(&m, &mut s.out);
+                }
+                if finished {
+                    let r = s.responses.remove(pos).expect("found");
+                    if r.sync_send {
+                        self.metrics.sync_send_latency.observe(r.received.elapsed());
+                    }
+                }
+                true
+            }
+            Pending::Bytes(_) => false,
+        };
+        if changed {
+            self.flush(d.slot);
+            self.mark(d.slot);
+        }
+    }
+
+    fn drain_feeds(&mut self) {
+        loop {
+            match self.mini_blocks.try_recv() {
+                Ok(m) => self.publish_mini_block(&m),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    tracing::warn!("network thread fell behind the mini-block feed; resubscribing");
+                    let engine = self.rpc.engine().clone();
+                    self.mini_blocks =
+                        engine.subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&self.doorbell)));
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.blocks.try_recv() {
+                Ok(b) => self.publish_block(&b),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    let engine = self.rpc.engine().clone();
+                    self.blocks =
+                        engine.subscribe_blocks_waking(FEED_CAPACITY, Some(waker(&self.doorbell)));
+                    break;
+                }
+            }
+        }
+        let pending: Vec<Arc<RecoveredTx>> =
+            self.pending.as_ref().map(|p| p.try_iter().collect()).unwrap_or_default();
+        for tx in pending {
+            self.publish_pending(&tx);
+        }
+    }
+
+    fn publish_mini_block(&mut self, mini: &Arc<MiniBlock>) {
+        if self.records_interval {
+            if let Some(prev) = self.last_mini_block_us {
+                let gap = mini.timestamp_us.saturating_sub(prev);
+                self.metrics.mini_block_interval.observe(Duration::from_micros(gap));
+            }
+            self.last_mini_block_us = Some(mini.timestamp_us);
+        }
+        let binary_frame = {
+            let feeders: Vec<u32> = self.binary_feeds();
+            if feeders.is_empty() {
+                None
+            } else {
+                let mut frame = Vec::new();
+                binary::encode_server(&ServerMsg::MiniBlock(binary::MiniBlockFrame::from_engine(mini)), &mut frame);
+                for slot in &feeders {
+                    self.send_feed(*slot, &frame);
+                }
+                Some(())
+            }
+        };
+        let _ = binary_frame;
+        if self.subs.is_empty() {
+            return;
+        }
+        let view = self.rpc.engine().view();
+        let mut mini_payload: Option<String> = None;
+        let mut deliveries: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+        for sub in self.subs.iter() {
+            match &sub.kind {
+                SubKind::MiniBlocks => {
+                    let payload = mini_payload
+                        .get_or_insert_with(|| subs::mini_block_payload(&view, mini).to_string());
+                    deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, payload)));
+                }
+                SubKind::Logs(filter) => {
+                    for log in subs::log_payloads(&view, mini, filter) {
+                        deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &log.to_string())));
+                    }
+                }
+                SubKind::StateChanges(watch) => {
+                    for change in subs::state_change_payloads(mini, watch.as_ref()) {
+                        deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &change.to_string())));
+                    }
+                }
+                SubKind::NewHeads | SubKind::NewPendingTransactions { .. } => {}
+            }
+        }
+        self.deliver(deliveries);
+    }
+
+    fn publish_block(&mut self, block: &Arc<SealedBlock>) {
+        let mut payload: Option<String> = None;
+        let mut deliveries = Vec::new();
+        for sub in self.subs.iter() {
+            if let SubKind::NewHeads = sub.kind {
+                let p = payload.get_or_insert_with(|| subs::new_head_payload(block).to_string());
+                deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, p)));
+            }
+        }
+        self.deliver(deliveries);
+    }
+
+    fn publish_pending(&mut self, tx: &Arc<RecoveredTx>) {
+        let mut deliveries = Vec::new();
+        for sub in self.subs.iter() {
+            if let SubKind::NewPendingTransactions { full } = sub.kind {
+                let payload = if full {
+                    crate::format::pooled_transaction(tx).to_string()
+                } else {
+                    format!("\"{}\"", tx.hash)
+                };
+                deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &payload)));
+            }
+        }
+        self.deliver(deliveries);
+    }
+
+    fn binary_feeds(&self) -> Vec<u32> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Some(Session { mode: Mode::Binary { feed: true }, kill: false, close_after_flush: false, .. }) => Some(i as u32),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn send_feed(&mut self, slot: u32, frame: &[u8]) {
+        let limit = self.limits.max_outbound_bytes;
+        let grace = self.limits.slow_close_grace;
+        let metrics = self.metrics.clone();
+        let Some(s) = self.session(slot) else { return };
+        if s.out.len() + frame.len() > limit {
+            metrics.error(ErrorKind::SlowConsumer);
+            tracing::warn!(slot, queued = s.out.len(), "disconnecting a binary feed client that fell behind");
+            s.out.clear();
+            binary::encode_server(
+                &ServerMsg::Error { code: binary::ERROR_TOO_SLOW, message: "fell behind the feed".into() },
+                &mut s.out,
+            );
+            s.close_after_flush = true;
+            s.behind_deadline = Some(Instant::now() + grace);
+        } else {
+            s.out.extend_from_slice(frame);
+            metrics.notifications.fetch_add(1, Ordering::Relaxed);
+        }
+        self.mark(slot);
+    }
+
+    fn deliver(&mut self, deliveries: Vec<(u32, u32, Vec<u8>)>) {
+        let limit = self.limits.max_outbound_bytes;
+        let grace = self.limits.slow_close_grace;
+        for (slot, gen, payload) in deliveries {
+            let metrics = self.metrics.clone();
+            let Some(s) = self.session(slot) else { continue };
+            if s.gen != gen || s.close_after_flush || s.kill {
+                continue;
+            }
+            if s.out.len() + payload.len() > limit {
+                metrics.error(ErrorKind::SlowConsumer);
+                tracing::warn!(slot, queued = s.out.len(), "disconnecting a WebSocket subscriber that fell behind");
+                // `out` holds whole frames only (what is being sent was taken already), so it
+                // can be dropped at a frame boundary.
+                s.out.clear();
+                close_ws(s, ws::CLOSE_POLICY, "subscriber fell behind");
+                s.behind_deadline = Some(Instant::now() + grace);
+            } else {
+                ws::write_frame(&mut s.out, Opcode::Text, &payload);
+                metrics.notifications.fetch_add(1, Ordering::Relaxed);
+            }
+            self.mark(slot);
+        }
+    }
+
+    /// Expires waiting calls and enforces timeouts; call when [`Hub::next_deadline`] passes.
+    pub fn on_timer(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((d, slot, gen, seq))) = self.deadlines.peek().copied() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            let rpc = &self.rpc;
+            let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if s.gen != gen {
+                continue;
+            }
+            let Some(pos) = s.responses.iter().position(|r| r.seq == seq) else { continue };
+            match &mut s.responses[pos].body {
+                Pending::Rpc(dispatched) => {
+                    rpc.expire(&mut dispatched.parts, now);
+                    if let Some(next) = dispatched.next_deadline() {
+                        self.deadlines.push(Reverse((next, slot, gen, seq)));
+                    }
+                }
+                Pending::Binary(wait) => {
+                    let message = if wait.accepted {
+                        "realtime transaction expired"
+                    } else {
+                        "sequencer did not answer in time"
+                    };
+                    let tag = wait.tag;
+                    binary::encode_server(&rejected(tag, &RpcError::new(-32000, message)), &mut s.out);
+                    s.responses.remove(pos);
+                }
+                Pending::Bytes(_) => {}
+            }
+            self.flush(slot);
+            self.mark(slot);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.sweep(now);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let limits = self.limits.clone();
+        let metrics = self.metrics.clone();
+        let mut touched = Vec::new();
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            if s.kill {
+                continue;
+            }
+            if let Some(d) = s.behind_deadline {
+                if now >= d {
+                    s.kill = true;
+                    touched.push(i as u32);
+                }
+                continue;
+            }
+            if s.close_after_flush {
+                continue;
+            }
+            let idle = now.duration_since(s.last_input);
+            match s.mode {
+                Mode::Sniff | Mode::Http => {
+                    if let Some(since) = s.partial_since.filter(|_| !s.inbuf.is_empty()) {
+                        if now.duration_since(since) >= limits.request_timeout {
+                            metrics.error(ErrorKind::RequestTimeout);
+                            s.inbuf.clear();
+                            s.responses.clear();
+                            s.out.extend(plain("408 Request Timeout", b"request not completed in time\n", false));
+                            s.close_after_flush = true;
+                            touched.push(i as u32);
+                        }
+                    } else if s.responses.is_empty() && idle >= limits.idle_timeout {
+                        metrics.error(ErrorKind::IdleTimeout);
+                        s.kill = true;
+                        touched.push(i as u32);
+                    }
+                }
+                Mode::WebSocket { .. } => {
+                    if idle >= limits.idle_timeout {
+                        metrics.error(ErrorKind::IdleTimeout);
+                        close_ws(s, ws::CLOSE_POLICY, "idle timeout");
+                        s.behind_deadline = Some(now + limits.slow_close_grace);
+                        touched.push(i as u32);
+                    } else if now.duration_since(s.last_ping) >= limits.ws_ping_interval {
+                        s.last_ping = now;
+                        ws::write_frame(&mut s.out, Opcode::Ping, b"strobe");
+                        touched.push(i as u32);
+                    }
+                }
+                Mode::Binary { feed } => {
+                    if !feed && s.responses.is_empty() && idle >= limits.idle_timeout {
+                        metrics.error(ErrorKind::IdleTimeout);
+                        binary::encode_server(
+                            &ServerMsg::Error { code: binary::ERROR_IDLE, message: "idle timeout".into() },
+                            &mut s.out,
+                        );
+                        s.close_after_flush = true;
+                        s.behind_deadline = Some(now + limits.slow_close_grace);
+                        touched.push(i as u32);
+                    }
+                }
+            }
+        }
+        for slot in touched {
+            self.mark(slot);
+        }
+    }
+
+    /// Moves every ready response into the output: HTTP in request order, WebSocket and binary
+    /// answers as soon as each is ready.
+    fn flush(&mut self, slot: u32) {
+        let metrics = self.metrics.clone();
+        let Some(s) = self.session(slot) else { return };
+        let in_order = matches!(s.mode, Mode::Http | Mode::Sniff);
+        let mut i = 0;
+        while i < s.responses.len() {
+            let resp = &s.responses[i];
+            let ready = match &resp.body {
+                Pending::Bytes(_) => true,
+                Pending::Rpc(d) => d.is_ready(),
+                Pending::Binary(_) => false,
+            };
+            if !ready {
+                if in_order {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            let resp = s.responses.remove(i).expect("in range");
+            if resp.sync_send {
+                metrics.sync_send_latency.observe(resp.received.elapsed());
+            }
+            match resp.body {
+                Pending::Bytes(b) => s.out.extend_from_slice(&b),
+                Pending::Rpc(d) => {
+                    let body = d.body();
+                    if matches!(s.mode, Mode::WebSocket { .. }) {
+                        if !body.is_empty() {
+                            ws::write_frame(&mut s.out, Opcode::Text, &body);
+                        }
+                    } else {
+                        http::write_response(&mut s.out, "200 OK", "application/json", &body, resp.keep_alive);
+                    }
+                }
+                Pending::Binary(_) => {}
+            }
+            if in_order && !resp.keep_alive {
+                s.close_after_flush = true;
+                s.responses.clear();
+                break;
+            }
+        }
+    }
+
+    /// Closes every connection politely (server shutdown): WebSocket clients get 1001.
+    pub fn shutdown(&mut self) {
+        for i in 0..self.sessions.len() {
+            if let Some(s) = self.sessions[i].as_mut() {
+                if matches!(s.mode, Mode::WebSocket { .. }) && !s.close_after_flush {
+                    close_ws(s, ws::CLOSE_GOING_AWAY, "server shutting down");
+                }
+                s.close_after_flush = true;
+                self.mark(i as u32);
+            }
+        }
+    }
+}
+
+fn close_ws(s: &mut Session, code: u16, reason: &str) {
+    if !s.close_after_flush {
+        ws::write_close(&mut s.out, code, reason);
+        s.close_after_flush = true;
+    }
+    s.inbuf.clear();
+}
+
+fn rejected(tag: u64, e: &RpcError) -> ServerMsg {
+    ServerMsg::Rejected { tag, code: e.code as i32, message: e.message.clone() }
+}
+
+fn waker(bell: &Arc<Doorbell>) -> Waker {
+    let bell = bell.clone();
+    Arc::new(move || bell.ring())
+}
+
+fn plain(status: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    http::write_response(&mut out, status, "text/plain", body, keep_alive);
+    out
+}

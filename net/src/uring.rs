@@ -1,0 +1,305 @@
+//! The io_uring driver: one ring per network thread. Multishot accept, one receive and one send
+//! in flight per connection, the wake eventfd read through the ring, submissions batched into a
+//! single `io_uring_enter` per loop turn. All protocol work happens in the [`Hub`].
+
+use crate::{
+    session::{Hub, Wake},
+    sys::{self, EventFd},
+};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::{
+    io,
+    net::TcpListener,
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// Bytes read per receive.
+const RECV_CHUNK_BYTES: usize = 16 * 1024;
+/// Submission queue entries.
+const RING_ENTRIES: u32 = 1024;
+/// Longest the ring sleeps before checking the stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_WAKE: u64 = 4;
+
+fn user_data(op: u64, slot: u32, gen: u32) -> u64 {
+    (op << 56) | (((gen & 0x00FF_FFFF) as u64) << 32) | slot as u64
+}
+
+fn split(ud: u64) -> (u64, u32, u32) {
+    (ud >> 56, ((ud >> 32) & 0x00FF_FFFF) as u32, ud as u32)
+}
+
+struct IoConn {
+    fd: RawFd,
+    gen: u32,
+    recv_buf: Box<[u8]>,
+    recv_armed: bool,
+    sending: Vec<u8>,
+    sent: usize,
+    send_armed: bool,
+    closing: bool,
+}
+
+/// One network thread's ring.
+pub struct UringDriver {
+    ring: IoUring,
+    listener: TcpListener,
+    conns: Vec<Option<IoConn>>,
+    hub: Hub,
+    wake: Arc<EventFd>,
+    wake_buf: Box<[u8; 8]>,
+}
+
+impl UringDriver {
+    /// Creates the ring and the eventfd; fails when io_uring is unavailable.
+    pub fn probe() -> io::Result<(IoUring, Arc<EventFd>)> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // Multishot accept needs Linux 5.19; an older kernel falls back to epoll.
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::AcceptMulti::CODE) || !probe.is_supported(opcode::Recv::CODE)
+        {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring lacks multishot accept"));
+        }
+        Ok((ring, Arc::new(EventFd::new()?)))
+    }
+
+    /// A driver over a ring made by [`UringDriver::probe`]; `hub` was made with `wake`.
+    pub fn new(ring: IoUring, wake: Arc<EventFd>, listener: TcpListener, hub: Hub) -> Self {
+        Self { ring, listener, conns: Vec::new(), hub, wake, wake_buf: Box::new([0; 8]) }
+    }
+
+    /// The eventfd that wakes this thread, for the hub.
+    pub fn waker(wake: &Arc<EventFd>) -> Arc<dyn Wake> {
+        wake.clone()
+    }
+
+    /// Serves until `stop` is set.
+    pub fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
+        self.arm_accept()?;
+        self.arm_wake()?;
+        while !stop.load(Ordering::Relaxed) {
+            let wait = self
+                .hub
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_micros(50), MAX_WAIT);
+            let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            let cqes: Vec<(u64, i32, u32)> =
+                self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect();
+            for (ud, res, flags) in cqes {
+                self.on_cqe(ud, res, flags)?;
+            }
+            if Instant::now() >= self.hub.next_deadline() {
+                self.hub.on_timer();
+            }
+            self.service_dirty()?;
+        }
+        self.hub.shutdown();
+        self.service_dirty()?;
+        let _ = self.ring.submit();
+        for slot in 0..self.conns.len() {
+            if let Some(c) = self.conns[slot].take() {
+                // SAFETY: the descriptor is owned by the connection; the ring is dropped right
+                // after, so no operation can complete into its buffers.
+                unsafe { libc::close(c.fd) };
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry built by this driver points at buffers owned by a live
+            // connection (or the driver) that stay in place until the operation completes: a
+            // connection is only freed once none of its operations is in flight.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        let e = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
+            .build()
+            .user_data(user_data(OP_ACCEPT, 0, 0));
+        self.push(e)
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let e = opcode::Read::new(types::Fd(self.wake.0), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(user_data(OP_WAKE, 0, 0));
+        self.push(e)
+    }
+
+    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) -> io::Result<()> {
+        let (op, gen, slot) = split(ud);
+        match op {
+            OP_ACCEPT => {
+                if res >= 0 {
+                    self.on_accept(res)?;
+                } else if res != -libc::ECANCELED {
+                    tracing::debug!(error = res, "accept failed");
+                }
+                if !cqueue::more(flags) {
+                    self.arm_accept()?;
+                }
+            }
+            OP_WAKE => {
+                self.hub.on_wake();
+                self.arm_wake()?;
+            }
+            OP_RECV => {
+                let Some(c) = self.conn(slot, gen) else { return Ok(()) };
+                c.recv_armed = false;
+                if res <= 0 || c.closing {
+                    self.begin_close(slot);
+                    return Ok(());
+                }
+                let n = res as usize;
+                // The hub copies what it keeps; the buffer is free again after this call.
+                let data = std::mem::take(&mut c.recv_buf);
+                self.hub.on_input(slot, &data[..n]);
+                if let Some(c) = self.conns[slot as usize].as_mut() {
+                    c.recv_buf = data;
+                }
+                self.service(slot)?;
+            }
+            OP_SEND => {
+                let Some(c) = self.conn(slot, gen) else { return Ok(()) };
+                c.send_armed = false;
+                if res < 0 || c.closing {
+                    self.begin_close(slot);
+                    return Ok(());
+                }
+                c.sent += res as usize;
+                self.service(slot)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, fd: RawFd) -> io::Result<()> {
+        let Some((slot, gen)) = self.hub.accept() else {
+            sys::send_and_close(fd, &Hub::refusal());
+            tracing::warn!("connection refused: connection limit reached");
+            return Ok(());
+        };
+        sys::set_nodelay(fd);
+        if self.conns.len() <= slot as usize {
+            self.conns.resize_with(slot as usize + 1, || None);
+        }
+        self.conns[slot as usize] = Some(IoConn {
+            fd,
+            gen,
+            recv_buf: vec![0u8; RECV_CHUNK_BYTES].into_boxed_slice(),
+            recv_armed: false,
+            sending: Vec::new(),
+            sent: 0,
+            send_armed: false,
+            closing: false,
+        });
+        self.service(slot)
+    }
+
+    fn conn(&mut self, slot: u32, gen: u32) -> Option<&mut IoConn> {
+        self.conns.get_mut(slot as usize)?.as_mut().filter(|c| c.gen == gen)
+    }
+
+    fn service_dirty(&mut self) -> io::Result<()> {
+        for slot in self.hub.take_dirty() {
+            self.service(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Starts whatever the hub wants for `slot`: a send of its output, a receive, or a close.
+    fn service(&mut self, slot: u32) -> io::Result<()> {
+        let want = self.hub.want(slot);
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if c.closing {
+            return Ok(());
+        }
+        if want.close_now {
+            self.begin_close(slot);
+            return Ok(());
+        }
+        if !c.send_armed {
+            if c.sent >= c.sending.len() {
+                c.sending.clear();
+                c.sent = 0;
+                self.hub.take_output(slot, &mut c.sending);
+            }
+            if c.sending.is_empty() {
+                if want.close_after_flush {
+                    self.begin_close(slot);
+                    return Ok(());
+                }
+            } else {
+                c.send_armed = true;
+                let remaining = &c.sending[c.sent..];
+                let e =
+                    opcode::Send::new(types::Fd(c.fd), remaining.as_ptr(), remaining.len() as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(user_data(OP_SEND, slot, c.gen));
+                self.push(e)?;
+            }
+        }
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if want.read && !c.recv_armed {
+            c.recv_armed = true;
+            let e = opcode::Recv::new(
+                types::Fd(c.fd),
+                c.recv_buf.as_mut_ptr(),
+                c.recv_buf.len() as u32,
+            )
+            .build()
+            .user_data(user_data(OP_RECV, slot, c.gen));
+            self.push(e)?;
+        }
+        Ok(())
+    }
+
+    fn begin_close(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+        if !c.closing {
+            c.closing = true;
+            // SAFETY: shuts down a socket we own, so in-flight operations complete promptly.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+        }
+        if c.recv_armed || c.send_armed {
+            return;
+        }
+        let c = self.conns[slot as usize].take().expect("checked");
+        // SAFETY: no operation on this descriptor is in flight, and it is closed exactly once.
+        unsafe { libc::close(c.fd) };
+        self.hub.closed(slot);
+    }
+}
