@@ -148,7 +148,10 @@ mod tests {
         assert!(CoreMap::parse("net=9", CoreMap::default(), 2).is_err());
         assert!(CoreMap::parse("gpu=0", CoreMap::default(), 2).is_err());
         assert!(CoreMap::parse("net", CoreMap::default(), 2).is_err());
-        assert_eq!(CoreMap::parse("exec=0-3+8", CoreMap::default(), 16).unwrap().exec, vec![0, 1, 2, 3, 8]);
+        assert_eq!(
+            CoreMap::parse("exec=0-3+8", CoreMap::default(), 16).unwrap().exec,
+            vec![0, 1, 2, 3, 8]
+        );
     }
 
     #[test]

@@ -483,8 +483,29 @@ fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| CliError::Bind { addr: "listener".into(), source })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(strobe_net::metrics::Metrics::default());
+    let metrics_thread = match args.metrics_port {
+        None => None,
+        Some(port) => {
+            let addr = format!("{}:{port}", args.host);
+            let l = TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr, source })?;
+            let local = l
+                .local_addr()
+                .map_err(|source| CliError::Bind { addr: "metrics".into(), source })?;
+            println!("Metrics: http://{local}/metrics");
+            Some(
+                strobe_net::metrics::serve_metrics(
+                    l,
+                    metrics.clone(),
+                    engine.clone(),
+                    stop.clone(),
+                )
+                .map_err(CliError::Server)?,
+            )
+        }
+    };
     println!("Listening on {local}");
-    println!("RPC URL: http://{local}");
     println!("WebSocket URL: ws://{local}");
     println!("Binary protocol: tcp://{local} (docs/binary-protocol.md)");
     println!(
@@ -494,21 +515,8 @@ fn serve(
         net.recovery_threads,
         net.backend
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(strobe_net::metrics::Metrics::default());
-    let metrics_thread = match args.metrics_port {
-        None => None,
-        Some(port) => {
-            let addr = format!("{}:{port}", args.host);
-            let l = TcpListener::bind(&addr).map_err(|source| CliError::Bind { addr, source })?;
-            let local = l.local_addr().map_err(|source| CliError::Bind { addr: "metrics".into(), source })?;
-            println!("Metrics: http://{local}/metrics");
-            Some(
-                strobe_net::metrics::serve_metrics(l, metrics.clone(), engine.clone(), stop.clone())
-                    .map_err(CliError::Server)?,
-            )
-        }
-    };
+    // Last: tests and scripts wait for this line.
+    println!("RPC URL: http://{local}");
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| CliError::Config(format!("could not install signal handler: {e}")))?;
@@ -621,7 +629,6 @@ fn human_bytes(n: u64) -> String {
         format!("{v:.1} {} ({n} bytes)", UNITS[unit])
     }
 }
-
 
 /// Sender recovery (~50–80 µs per transaction) is the network path's largest cost: a quarter of
 /// the cores, and at least one thread so the network thread never does it itself.

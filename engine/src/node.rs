@@ -244,7 +244,11 @@ impl Engine {
 
     /// A bounded feed of transactions as the pool admits them, ending like
     /// [`Self::subscribe_mini_blocks`]; dropping the receiver ends it at the next admission.
-    pub fn subscribe_pending(&self, capacity: usize, wake: Option<Waker>) -> Receiver<Arc<RecoveredTx>> {
+    pub fn subscribe_pending(
+        &self,
+        capacity: usize,
+        wake: Option<Waker>,
+    ) -> Receiver<Arc<RecoveredTx>> {
         subscribe(&self.shared.pending_subscribers, capacity, wake)
     }
 

@@ -159,7 +159,7 @@ impl MiniBlockFrame {
             timestamp_us: mini.timestamp_us,
             block_timestamp: mini.block_timestamp,
             gas_used: mini.gas_used,
-            receipts: mini.txs.iter().map(|t| compact_receipt(t)).collect(),
+            receipts: mini.txs.iter().map(compact_receipt).collect(),
             changes: mini
                 .diff
                 .accounts
@@ -230,9 +230,11 @@ pub enum ServerMsg {
     },
 }
 
-/// Looks for one frame at the front of `buf`: `Ok(None)` when incomplete, otherwise its kind,
-/// its body and the bytes it used.
-pub fn parse_frame(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, BinaryError> {
+/// One frame found at the front of a buffer: its kind, its body and the bytes it used.
+pub type RawFrame<'a> = (u8, &'a [u8], usize);
+
+/// Looks for one frame at the front of `buf`: `Ok(None)` when incomplete.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<RawFrame<'_>>, BinaryError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -585,7 +587,7 @@ mod tests {
             }];
             let messages = vec![
                 ServerMsg::Accepted { tag, hash: B256::repeat_byte(1) },
-                ServerMsg::Receipt { tag, receipt: receipts.first().cloned().unwrap_or_else(|| CompactReceipt {
+                ServerMsg::Receipt { tag, receipt: receipts.first().cloned().unwrap_or(CompactReceipt {
                     hash: B256::ZERO, block_number: 1, mini_block_number: 2, index: 3, success: true,
                     gas_used: 21_000, log_count: 0, contract_address: None }) },
                 ServerMsg::Rejected { tag, code: -32000, message: msg.clone() },

@@ -70,8 +70,15 @@ impl EpollDriver {
             return Err(io::Error::last_os_error());
         }
         listener.set_nonblocking(true)?;
-        let d = Self { epfd, listener, conns: Vec::new(), hub, wake, buf: vec![0; READ_CHUNK_BYTES] };
-        ctl(d.epfd, libc::EPOLL_CTL_ADD, d.listener.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_LISTENER)?;
+        let d =
+            Self { epfd, listener, conns: Vec::new(), hub, wake, buf: vec![0; READ_CHUNK_BYTES] };
+        ctl(
+            d.epfd,
+            libc::EPOLL_CTL_ADD,
+            d.listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_LISTENER,
+        )?;
         ctl(d.epfd, libc::EPOLL_CTL_ADD, d.wake.0, libc::EPOLLIN as u32, TOKEN_WAKE)?;
         Ok(d)
     }
@@ -92,7 +99,12 @@ impl EpollDriver {
                 .clamp(Duration::from_millis(1), MAX_WAIT);
             // SAFETY: `events` has room for MAX_EVENTS entries and outlives the call.
             let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), MAX_EVENTS as i32, wait.as_millis() as i32)
+                libc::epoll_wait(
+                    self.epfd,
+                    events.as_mut_ptr(),
+                    MAX_EVENTS as i32,
+                    wait.as_millis() as i32,
+                )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -111,10 +123,19 @@ impl EpollDriver {
                     }
                     t => {
                         let (slot, gen) = (t as u32, (t >> 32) as u32);
-                        if self.conns.get(slot as usize).and_then(Option::as_ref).is_none_or(|c| c.gen != gen) {
+                        if self
+                            .conns
+                            .get(slot as usize)
+                            .and_then(Option::as_ref)
+                            .is_none_or(|c| c.gen != gen)
+                        {
                             continue;
                         }
-                        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                        if flags
+                            & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
+                                as u32
+                            != 0
+                        {
                             self.read_all(slot);
                         }
                         self.service(slot);
@@ -239,7 +260,12 @@ impl EpollDriver {
             let rest = &c.sending[c.sent..];
             // SAFETY: sends from a live buffer on a socket the driver owns.
             let n = unsafe {
-                libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                libc::send(
+                    c.fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
             };
             if n >= 0 {
                 c.sent += n as usize;

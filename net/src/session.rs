@@ -125,8 +125,12 @@ enum Mode {
     /// Nothing read yet: HTTP or the binary preface?
     Sniff,
     Http,
-    WebSocket { fragments: Option<(Opcode, Vec<u8>)> },
-    Binary { feed: bool },
+    WebSocket {
+        fragments: Option<(Opcode, Vec<u8>)>,
+    },
+    Binary {
+        feed: bool,
+    },
 }
 
 struct Session {
@@ -197,7 +201,8 @@ impl Hub {
         let doorbell = Arc::new(Doorbell { rung: AtomicBool::new(false), wake });
         let (done_tx, done_rx) = unbounded();
         let engine = rpc.engine().clone();
-        let mini_blocks = engine.subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&doorbell)));
+        let mini_blocks =
+            engine.subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&doorbell)));
         let blocks = engine.subscribe_blocks_waking(FEED_CAPACITY, Some(waker(&doorbell)));
         Self {
             rpc,
@@ -421,10 +426,15 @@ impl Hub {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let keep_alive = req.keep_alive;
-                if let Some(key) = req.websocket_key.as_deref().filter(|_| req.method == Method::Get)
+                if let Some(key) =
+                    req.websocket_key.as_deref().filter(|_| req.method == Method::Get)
                 {
                     if !s.responses.is_empty() {
-                        s.out.extend(plain("400 Bad Request", b"upgrade while requests are pending\n", false));
+                        s.out.extend(plain(
+                            "400 Bad Request",
+                            b"upgrade while requests are pending\n",
+                            false,
+                        ));
                         s.close_after_flush = true;
                         return false;
                     }
@@ -552,21 +562,25 @@ impl Hub {
         if dispatched.batch && dispatched.parts.len() == 1 {
             if let Part::Ready(v) = &dispatched.parts[0] {
                 if v["error"]["code"] == json!(-32600)
-                    && v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large"))
+                    && v["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("batch too large"))
                 {
                     metrics.error(ErrorKind::BatchTooLarge);
                 }
             }
         } else if !dispatched.batch {
             if let Some(Part::Ready(v)) = dispatched.parts.first() {
-                if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large")) {
+                if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large"))
+                {
                     metrics.error(ErrorKind::BatchTooLarge);
                 }
             }
         }
         if wants_pending && self.pending.is_none() {
             let engine = self.rpc.engine().clone();
-            self.pending = Some(engine.subscribe_pending(FEED_CAPACITY, Some(waker(&self.doorbell))));
+            self.pending =
+                Some(engine.subscribe_pending(FEED_CAPACITY, Some(waker(&self.doorbell))));
         }
         dispatched
     }
@@ -655,14 +669,18 @@ impl Hub {
     fn process_binary(&mut self, slot: u32) -> bool {
         let metrics = self.metrics.clone();
         let Some(s) = self.session(slot) else { return false };
-        let parsed = binary::parse_frame(&s.inbuf)
-            .and_then(|f| f.map(|(kind, body, used)| Ok((binary::decode_client(kind, body)?, used))).transpose());
+        let parsed = binary::parse_frame(&s.inbuf).and_then(|f| {
+            f.map(|(kind, body, used)| Ok((binary::decode_client(kind, body)?, used))).transpose()
+        });
         let (msg, used) = match parsed {
             Ok(None) => return false,
             Ok(Some(m)) => m,
             Err(e) => {
                 metrics.error(ErrorKind::BinaryMalformed);
-                binary::encode_server(&ServerMsg::Error { code: e.code(), message: e.to_string() }, &mut s.out);
+                binary::encode_server(
+                    &ServerMsg::Error { code: e.code(), message: e.to_string() },
+                    &mut s.out,
+                );
                 s.close_after_flush = true;
                 s.inbuf.clear();
                 return false;
@@ -688,7 +706,11 @@ impl Hub {
             ClientMsg::Submit { tag, flags, raw } => {
                 if s.responses.len() >= MAX_PIPELINED * 64 {
                     binary::encode_server(
-                        &ServerMsg::Rejected { tag, code: -32005, message: "too many submissions waiting on this connection".into() },
+                        &ServerMsg::Rejected {
+                            tag,
+                            code: -32005,
+                            message: "too many submissions waiting on this connection".into(),
+                        },
                         &mut s.out,
                     );
                     return true;
@@ -782,8 +804,8 @@ impl Hub {
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     tracing::warn!("network thread fell behind the mini-block feed; resubscribing");
                     let engine = self.rpc.engine().clone();
-                    self.mini_blocks =
-                        engine.subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&self.doorbell)));
+                    self.mini_blocks = engine
+                        .subscribe_mini_blocks_waking(FEED_CAPACITY, Some(waker(&self.doorbell)));
                     break;
                 }
             }
@@ -821,7 +843,10 @@ impl Hub {
                 None
             } else {
                 let mut frame = Vec::new();
-                binary::encode_server(&ServerMsg::MiniBlock(binary::MiniBlockFrame::from_engine(mini)), &mut frame);
+                binary::encode_server(
+                    &ServerMsg::MiniBlock(binary::MiniBlockFrame::from_engine(mini)),
+                    &mut frame,
+                );
                 for slot in &feeders {
                     self.send_feed(*slot, &frame);
                 }
@@ -844,12 +869,20 @@ impl Hub {
                 }
                 SubKind::Logs(filter) => {
                     for log in subs::log_payloads(&view, mini, filter) {
-                        deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &log.to_string())));
+                        deliveries.push((
+                            sub.slot,
+                            sub.gen,
+                            subs::notification(&sub.id_text, &log.to_string()),
+                        ));
                     }
                 }
                 SubKind::StateChanges(watch) => {
                     for change in subs::state_change_payloads(mini, watch.as_ref()) {
-                        deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &change.to_string())));
+                        deliveries.push((
+                            sub.slot,
+                            sub.gen,
+                            subs::notification(&sub.id_text, &change.to_string()),
+                        ));
                     }
                 }
                 SubKind::NewHeads | SubKind::NewPendingTransactions { .. } => {}
@@ -890,7 +923,12 @@ impl Hub {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
-                Some(Session { mode: Mode::Binary { feed: true }, kill: false, close_after_flush: false, .. }) => Some(i as u32),
+                Some(Session {
+                    mode: Mode::Binary { feed: true },
+                    kill: false,
+                    close_after_flush: false,
+                    ..
+                }) => Some(i as u32),
                 _ => None,
             })
             .collect()
@@ -903,10 +941,17 @@ impl Hub {
         let Some(s) = self.session(slot) else { return };
         if s.out.len() + frame.len() > limit {
             metrics.error(ErrorKind::SlowConsumer);
-            tracing::warn!(slot, queued = s.out.len(), "disconnecting a binary feed client that fell behind");
+            tracing::warn!(
+                slot,
+                queued = s.out.len(),
+                "disconnecting a binary feed client that fell behind"
+            );
             s.out.clear();
             binary::encode_server(
-                &ServerMsg::Error { code: binary::ERROR_TOO_SLOW, message: "fell behind the feed".into() },
+                &ServerMsg::Error {
+                    code: binary::ERROR_TOO_SLOW,
+                    message: "fell behind the feed".into(),
+                },
                 &mut s.out,
             );
             s.close_after_flush = true;
@@ -929,7 +974,11 @@ impl Hub {
             }
             if s.out.len() + payload.len() > limit {
                 metrics.error(ErrorKind::SlowConsumer);
-                tracing::warn!(slot, queued = s.out.len(), "disconnecting a WebSocket subscriber that fell behind");
+                tracing::warn!(
+                    slot,
+                    queued = s.out.len(),
+                    "disconnecting a WebSocket subscriber that fell behind"
+                );
                 // `out` holds whole frames only (what is being sent was taken already), so it
                 // can be dropped at a frame boundary.
                 s.out.clear();
@@ -973,7 +1022,10 @@ impl Hub {
                         "sequencer did not answer in time"
                     };
                     let tag = wait.tag;
-                    binary::encode_server(&rejected(tag, &RpcError::new(-32000, message)), &mut s.out);
+                    binary::encode_server(
+                        &rejected(tag, &RpcError::new(-32000, message)),
+                        &mut s.out,
+                    );
                     s.responses.remove(pos);
                 }
                 Pending::Bytes(_) => {}
@@ -1014,7 +1066,11 @@ impl Hub {
                             metrics.error(ErrorKind::RequestTimeout);
                             s.inbuf.clear();
                             s.responses.clear();
-                            s.out.extend(plain("408 Request Timeout", b"request not completed in time\n", false));
+                            s.out.extend(plain(
+                                "408 Request Timeout",
+                                b"request not completed in time\n",
+                                false,
+                            ));
                             s.close_after_flush = true;
                             touched.push(i as u32);
                         }
@@ -1040,7 +1096,10 @@ impl Hub {
                     if !feed && s.responses.is_empty() && idle >= limits.idle_timeout {
                         metrics.error(ErrorKind::IdleTimeout);
                         binary::encode_server(
-                            &ServerMsg::Error { code: binary::ERROR_IDLE, message: "idle timeout".into() },
+                            &ServerMsg::Error {
+                                code: binary::ERROR_IDLE,
+                                message: "idle timeout".into(),
+                            },
                             &mut s.out,
                         );
                         s.close_after_flush = true;
@@ -1089,7 +1148,13 @@ impl Hub {
                             ws::write_frame(&mut s.out, Opcode::Text, &body);
                         }
                     } else {
-                        http::write_response(&mut s.out, "200 OK", "application/json", &body, resp.keep_alive);
+                        http::write_response(
+                            &mut s.out,
+                            "200 OK",
+                            "application/json",
+                            &body,
+                            resp.keep_alive,
+                        );
                     }
                 }
                 Pending::Binary(_) => {}

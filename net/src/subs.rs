@@ -268,9 +268,17 @@ mod tests {
     fn parses_subscription_kinds() {
         assert!(matches!(SubKind::parse(&[json!("newHeads")]).unwrap(), SubKind::NewHeads));
         assert!(matches!(SubKind::parse(&[json!("miniBlocks")]).unwrap(), SubKind::MiniBlocks));
-        let logs = SubKind::parse(&[json!("logs"), json!({"address": "0x0000000000000000000000000000000000000001", "topics": [null]})]).unwrap();
+        let logs = SubKind::parse(&[
+            json!("logs"),
+            json!({"address": "0x0000000000000000000000000000000000000001", "topics": [null]}),
+        ])
+        .unwrap();
         assert!(matches!(logs, SubKind::Logs(_)));
-        let sc = SubKind::parse(&[json!("stateChanges"), json!(["0x0000000000000000000000000000000000000002"])]).unwrap();
+        let sc = SubKind::parse(&[
+            json!("stateChanges"),
+            json!(["0x0000000000000000000000000000000000000002"]),
+        ])
+        .unwrap();
         assert!(matches!(sc, SubKind::StateChanges(Some(ref s)) if s.len() == 1));
         assert_eq!(SubKind::parse(&[json!("nope")]).unwrap_err().code, -32602);
         assert_eq!(SubKind::parse(&[]).unwrap_err().code, -32602);

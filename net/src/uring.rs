@@ -68,7 +68,10 @@ impl UringDriver {
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::AcceptMulti::CODE) || !probe.is_supported(opcode::Recv::CODE)
         {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring lacks multishot accept"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring lacks multishot accept",
+            ));
         }
         Ok((ring, Arc::new(EventFd::new()?)))
     }

@@ -2,6 +2,7 @@
 //! binary, the root integration tests and the criterion benches.
 //!
 //! - [`bench`]: `strobe-bench`'s workloads, drivers and reports.
+//! - [`binary_client`]: a client of the binary protocol (raw transactions in, mini-blocks out).
 //! - [`client`]: a blocking JSON-RPC client and the dev accounts' keys.
 //! - [`crash`]: crash torture of a persistent node (SIGKILL under load, restart, verify).
 //! - [`fixture`]: real mainnet blocks with their pre-state, replayed and checked against the
@@ -14,6 +15,7 @@
 // (No unused-dependency lint here: the library and the binary share one dependency list.)
 
 pub mod bench;
+pub mod binary_client;
 pub mod client;
 pub mod crash;
 pub mod fixture;
