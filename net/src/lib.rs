@@ -18,6 +18,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod binary;
+mod bufring;
 pub mod epoll;
 mod format;
 pub mod http;

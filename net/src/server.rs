@@ -70,6 +70,25 @@ impl Default for NetConfig {
     }
 }
 
+/// Raises the soft limit on open files toward `wanted` (at most the hard limit): every
+/// connection is a descriptor, and the default soft limit (often 1024) is below the connection
+/// limits.
+fn raise_fd_limit(wanted: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let target = (wanted as libc::rlim_t).min(lim.rlim_max);
+    if target > lim.rlim_cur {
+        lim.rlim_cur = target;
+        // SAFETY: setrlimit reads the live struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(wanted, "could not raise the open-file limit");
+        }
+    }
+}
+
 /// Binds `addr` with `SO_REUSEPORT`, so [`serve`] can open one listener per network thread on
 /// the same port.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -95,6 +114,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
+    raise_fd_limit(config.threads.max(1) * config.limits.max_connections + 256);
     let rpc = Rpc::new(engine, accounts)
         .with_recovery(config.recovery_threads, &config.recovery_cores)?;
     let addr = listener.local_addr()?;
@@ -134,8 +154,9 @@ pub fn serve(
                     let run = || -> io::Result<()> {
                         if uring_ok {
                             let (ring, wake) = UringDriver::probe()?;
+                            let max = limits.max_connections;
                             let hub = Hub::new(rpc, i, limits, metrics, UringDriver::waker(&wake));
-                            UringDriver::new(ring, wake, listener, hub).run(stop)
+                            UringDriver::new(ring, wake, listener, hub, max)?.run(stop)
                         } else {
                             let wake = EpollDriver::make_waker()?;
                             let hub = Hub::new(rpc, i, limits, metrics, EpollDriver::waker(&wake));

@@ -1,8 +1,11 @@
-//! The io_uring driver: one ring per network thread. Multishot accept, one receive and one send
-//! in flight per connection, the wake eventfd read through the ring, submissions batched into a
-//! single `io_uring_enter` per loop turn. All protocol work happens in the [`Hub`].
+//! The io_uring driver: one ring per network thread. Multishot accept; connections registered
+//! as fixed files; one multishot receive per connection into a shared provided-buffer ring
+//! ([`crate::bufring`]), cancelled while the hub applies backpressure; one send in flight per
+//! connection; the wake eventfd read through the ring; submissions batched into a single
+//! `io_uring_enter` per loop turn. All protocol work happens in the [`Hub`].
 
 use crate::{
+    bufring::BufRing,
     session::{Hub, Wake},
     sys::{self, EventFd},
 };
@@ -18,8 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Bytes read per receive.
-const RECV_CHUNK_BYTES: usize = 16 * 1024;
+/// Size of each provided receive buffer.
+const RECV_BUFFER_BYTES: usize = 8 * 1024;
+/// Provided receive buffers per network thread (8 MiB in all).
+const RECV_BUFFERS: u16 = 1024;
+/// Buffer group id of the receive buffers.
+const RECV_BGID: u16 = 0;
 /// Submission queue entries.
 const RING_ENTRIES: u32 = 1024;
 /// Longest the ring sleeps before checking the stop flag.
@@ -29,6 +36,7 @@ const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
+const OP_CANCEL: u64 = 5;
 
 fn user_data(op: u64, slot: u32, gen: u32) -> u64 {
     (op << 56) | (((gen & 0x00FF_FFFF) as u64) << 32) | slot as u64
@@ -41,17 +49,24 @@ fn split(ud: u64) -> (u64, u32, u32) {
 struct IoConn {
     fd: RawFd,
     gen: u32,
-    recv_buf: Box<[u8]>,
+    /// Registered in the ring's file table at index `slot`.
+    fixed: bool,
     recv_armed: bool,
+    /// A cancel of the multishot receive is in flight (backpressure).
+    cancelling: bool,
     sending: Vec<u8>,
     sent: usize,
     send_armed: bool,
     closing: bool,
 }
 
-/// One network thread's ring.
+/// One network thread's ring. Field order matters: the ring is dropped before the buffers it
+/// receives into.
 pub struct UringDriver {
     ring: IoUring,
+    bufs: BufRing,
+    /// Size of the sparse fixed-file table; connections in slots past it use plain descriptors.
+    fixed_files: u32,
     listener: TcpListener,
     conns: Vec<Option<IoConn>>,
     hub: Hub,
@@ -76,9 +91,34 @@ impl UringDriver {
         Ok((ring, Arc::new(EventFd::new()?)))
     }
 
-    /// A driver over a ring made by [`UringDriver::probe`]; `hub` was made with `wake`.
-    pub fn new(ring: IoUring, wake: Arc<EventFd>, listener: TcpListener, hub: Hub) -> Self {
-        Self { ring, listener, conns: Vec::new(), hub, wake, wake_buf: Box::new([0; 8]) }
+    /// A driver over a ring made by [`UringDriver::probe`]; `hub` was made with `wake`. Registers
+    /// the receive buffers and a fixed-file table of `max_connections` entries.
+    pub fn new(
+        ring: IoUring,
+        wake: Arc<EventFd>,
+        listener: TcpListener,
+        hub: Hub,
+        max_connections: usize,
+    ) -> io::Result<Self> {
+        let bufs = BufRing::register(&ring, RECV_BGID, RECV_BUFFERS, RECV_BUFFER_BYTES)?;
+        let wanted = max_connections.min(1 << 20) as u32;
+        let fixed_files = match ring.submitter().register_files_sparse(wanted) {
+            Ok(()) => wanted,
+            Err(e) => {
+                tracing::warn!(error = %e, "no fixed-file table; connections use plain descriptors");
+                0
+            }
+        };
+        Ok(Self {
+            ring,
+            bufs,
+            fixed_files,
+            listener,
+            conns: Vec::new(),
+            hub,
+            wake,
+            wake_buf: Box::new([0; 8]),
+        })
     }
 
     /// The eventfd that wakes this thread, for the hub.
@@ -120,6 +160,7 @@ impl UringDriver {
         self.hub.shutdown();
         self.service_dirty()?;
         let _ = self.ring.submit();
+        self.bufs.unregister(&self.ring);
         for slot in 0..self.conns.len() {
             if let Some(c) = self.conns[slot].take() {
                 // SAFETY: the descriptor is owned by the connection; the ring is dropped right
@@ -174,20 +215,34 @@ impl UringDriver {
                 self.arm_wake()?;
             }
             OP_RECV => {
+                let bid = cqueue::buffer_select(flags);
+                let more = cqueue::more(flags);
+                let live = self.conn(slot, gen).is_some();
+                if live && res > 0 {
+                    if let Some(bid) = bid {
+                        // The hub copies what it keeps; the buffer goes back right after.
+                        self.hub.on_input(slot, self.bufs.data(bid, res as usize));
+                    }
+                }
+                if let Some(bid) = bid {
+                    self.bufs.recycle(bid);
+                }
                 let Some(c) = self.conn(slot, gen) else { return Ok(()) };
-                c.recv_armed = false;
-                if res <= 0 || c.closing {
-                    self.begin_close(slot);
-                    return Ok(());
+                if !more {
+                    c.recv_armed = false;
+                    c.cancelling = false;
                 }
-                let n = res as usize;
-                // The hub copies what it keeps; the buffer is free again after this call.
-                let data = std::mem::take(&mut c.recv_buf);
-                self.hub.on_input(slot, &data[..n]);
-                if let Some(c) = self.conns[slot as usize].as_mut() {
-                    c.recv_buf = data;
+                let closing = c.closing;
+                match res {
+                    0 => self.begin_close(slot),
+                    n if n > 0 && !closing => self.service(slot)?,
+                    // Out of provided buffers, or cancelled for backpressure: re-armed when
+                    // the hub wants input again.
+                    e if (e == -libc::ENOBUFS || e == -libc::ECANCELED) && !closing => {
+                        self.service(slot)?
+                    }
+                    _ => self.begin_close(slot),
                 }
-                self.service(slot)?;
             }
             OP_SEND => {
                 let Some(c) = self.conn(slot, gen) else { return Ok(()) };
@@ -214,11 +269,14 @@ impl UringDriver {
         if self.conns.len() <= slot as usize {
             self.conns.resize_with(slot as usize + 1, || None);
         }
+        let fixed = slot < self.fixed_files
+            && self.ring.submitter().register_files_update(slot, &[fd]).is_ok();
         self.conns[slot as usize] = Some(IoConn {
             fd,
             gen,
-            recv_buf: vec![0u8; RECV_CHUNK_BYTES].into_boxed_slice(),
+            fixed,
             recv_armed: false,
+            cancelling: false,
             sending: Vec::new(),
             sent: 0,
             send_armed: false,
@@ -265,26 +323,37 @@ impl UringDriver {
             } else {
                 c.send_armed = true;
                 let remaining = &c.sending[c.sent..];
-                let e =
-                    opcode::Send::new(types::Fd(c.fd), remaining.as_ptr(), remaining.len() as u32)
+                let (ptr, len) = (remaining.as_ptr(), remaining.len() as u32);
+                let e = if c.fixed {
+                    opcode::Send::new(types::Fixed(slot), ptr, len)
                         .flags(libc::MSG_NOSIGNAL)
                         .build()
-                        .user_data(user_data(OP_SEND, slot, c.gen));
+                } else {
+                    opcode::Send::new(types::Fd(c.fd), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+                };
+                let e = e.user_data(user_data(OP_SEND, slot, c.gen));
                 self.push(e)?;
             }
         }
+        let bgid = self.bufs.bgid();
         let Some(c) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
             return Ok(());
         };
         if want.read && !c.recv_armed {
             c.recv_armed = true;
-            let e = opcode::Recv::new(
-                types::Fd(c.fd),
-                c.recv_buf.as_mut_ptr(),
-                c.recv_buf.len() as u32,
-            )
-            .build()
-            .user_data(user_data(OP_RECV, slot, c.gen));
+            let e = if c.fixed {
+                opcode::RecvMulti::new(types::Fixed(slot), bgid).build()
+            } else {
+                opcode::RecvMulti::new(types::Fd(c.fd), bgid).build()
+            };
+            let e = e.user_data(user_data(OP_RECV, slot, c.gen));
+            self.push(e)?;
+        } else if !want.read && c.recv_armed && !c.cancelling {
+            // Backpressure: stop the multishot receive until the hub catches up.
+            c.cancelling = true;
+            let e = opcode::AsyncCancel::new(user_data(OP_RECV, slot, c.gen))
+                .build()
+                .user_data(user_data(OP_CANCEL, slot, c.gen));
             self.push(e)?;
         }
         Ok(())
@@ -301,6 +370,10 @@ impl UringDriver {
             return;
         }
         let c = self.conns[slot as usize].take().expect("checked");
+        if c.fixed {
+            // The ring's table holds a reference to the socket: drop it, or the socket stays open.
+            let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+        }
         // SAFETY: no operation on this descriptor is in flight, and it is closed exactly once.
         unsafe { libc::close(c.fd) };
         self.hub.closed(slot);

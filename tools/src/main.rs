@@ -7,6 +7,7 @@
 //! - `replay`: replays a mainnet block fixture sequentially and with Block-STM and compares both
 //!   with the block header.
 //! - `exec-bench`: sequential against Block-STM execution of a workload, in the same run.
+//! - `ws-fanout`: delivery latency of `miniBlocks` notifications to N WebSocket subscribers.
 //! - `state-gen`: a new data directory whose genesis holds N funded accounts (state store sizing).
 //!
 //! Transactions are signed before the clock starts, so signing never limits a run. Everything
@@ -114,6 +115,19 @@ enum Cmd {
         /// The strobe binary.
         #[arg(long)]
         strobe: Option<std::path::PathBuf>,
+    },
+    /// Opens N WebSocket connections, each subscribed to `miniBlocks`, and reports how long
+    /// notifications take to arrive after the mini-block was sealed (JSON line, µs).
+    WsFanout {
+        /// host:port of the node.
+        #[arg(long, default_value = "127.0.0.1:8545")]
+        addr: String,
+        /// Subscribers (one connection each).
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Measured seconds (after a warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Creates a data directory whose genesis state holds N funded accounts (JSON line: time,
     /// size, peak memory). Refuses a non-empty directory.
@@ -297,6 +311,15 @@ fn main() {
                 Ok(out) => out,
                 Err(e) => {
                     eprintln!("settlement-cost failed: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Cmd::WsFanout { addr, subscribers, seconds } => {
+            match strobe_tools::ws_fanout::run(&addr, subscribers, seconds) {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("ws-fanout failed: {e}");
                     std::process::exit(2);
                 }
             }

@@ -1,0 +1,161 @@
+//! `strobe-tools ws-fanout`: how long a `miniBlocks` notification takes to reach each of N
+//! WebSocket subscribers. Every subscriber is its own connection; the delivery latency of one
+//! notification is the receive time minus the mini-block's `mini_block_timestamp` (µs, stamped
+//! when the sequencer sealed it), so it includes execution, the write-ahead-log sync, the fan-out
+//! and the loopback hop. Runs on one tokio thread so the client takes one core at most.
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+/// Errors of a fan-out run.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// A socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server misbehaved.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x81];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// One subscriber: connects, subscribes, then reports (receive time − seal time) per notification.
+async fn subscriber(addr: String, report: mpsc::UnboundedSender<u64>) -> Result<(), FanoutError> {
+    let mut s = TcpStream::connect(&addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(FanoutError::Protocol("closed during the handshake".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(FanoutError::Protocol(String::from_utf8_lossy(&buf).into()));
+            }
+            buf.drain(..end + 4);
+            break;
+        }
+    }
+    let sub = json!({"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["miniBlocks"]});
+    s.write_all(&masked_text(sub.to_string().as_bytes())).await?;
+    loop {
+        // Parse every whole frame in the buffer.
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, at) = match buf[1] & 0x7F {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => {
+                    (u64::from_be_bytes(buf[2..10].try_into().expect("8")) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buf.len() < at + len {
+                break;
+            }
+            let received = now_us();
+            let opcode = buf[0] & 0x0F;
+            if opcode == 1 {
+                let v: Value = serde_json::from_slice(&buf[at..at + len])
+                    .map_err(|e| FanoutError::Protocol(e.to_string()))?;
+                if let Some(ts) = v["params"]["result"]["mini_block_timestamp"].as_str() {
+                    let sealed = u64::from_str_radix(ts.trim_start_matches("0x"), 16)
+                        .map_err(|e| FanoutError::Protocol(e.to_string()))?;
+                    if report.send(received.saturating_sub(sealed)).is_err() {
+                        return Ok(());
+                    }
+                }
+            } else if opcode == 8 {
+                return Err(FanoutError::Protocol("server closed the subscription".into()));
+            }
+            buf.drain(..at + len);
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(FanoutError::Protocol("connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Runs `subscribers` subscribers against `addr` (host:port) for `seconds` after all are
+/// subscribed; returns a JSON line with delivery-latency percentiles in µs.
+pub fn run(addr: &str, subscribers: usize, seconds: u64) -> Result<Value, FanoutError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for _ in 0..subscribers {
+            let (addr, tx) = (addr.to_string(), tx.clone());
+            tasks.push(tokio::spawn(subscriber(addr, tx)));
+        }
+        drop(tx);
+        // Warm-up: until every subscriber has had a notification, or 10 s.
+        let warm_until = Instant::now() + Duration::from_secs(10);
+        let mut warm = 0usize;
+        while warm < subscribers * 3 && Instant::now() < warm_until {
+            if tokio::time::timeout(Duration::from_millis(100), rx.recv()).await.is_ok() {
+                warm += 1;
+            }
+        }
+        let mut samples = Vec::new();
+        let end = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < end {
+            match tokio::time::timeout(end - Instant::now(), rx.recv()).await {
+                Ok(Some(us)) => samples.push(us),
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        let failed = tasks.iter().filter(|t| t.is_finished()).count();
+        for t in tasks {
+            t.abort();
+        }
+        if samples.is_empty() {
+            return Err(FanoutError::Protocol("no notification arrived".into()));
+        }
+        samples.sort_unstable();
+        let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+        Ok(json!({
+            "subscribers": subscribers,
+            "seconds": seconds,
+            "notifications": samples.len(),
+            "per_subscriber_per_s": samples.len() as f64 / subscribers as f64 / seconds as f64,
+            "failed_subscribers": failed,
+            "delivery_us": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+        }))
+    })
+}
