@@ -858,64 +858,64 @@ impl Hub {
             return;
         }
         let view = self.rpc.engine().view();
-        let mut mini_payload: Option<String> = None;
-        let mut deliveries: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+        let mut out = Deliveries::default();
+        let mut mini_payload: Option<usize> = None;
         for sub in self.subs.iter() {
             match &sub.kind {
                 SubKind::MiniBlocks => {
-                    let payload = mini_payload
-                        .get_or_insert_with(|| subs::mini_block_payload(&view, mini).to_string());
-                    deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, payload)));
+                    let p = *mini_payload.get_or_insert_with(|| {
+                        out.payload(subs::mini_block_payload(&view, mini).to_string())
+                    });
+                    out.to(sub, p);
                 }
                 SubKind::Logs(filter) => {
                     for log in subs::log_payloads(&view, mini, filter) {
-                        deliveries.push((
-                            sub.slot,
-                            sub.gen,
-                            subs::notification(&sub.id_text, &log.to_string()),
-                        ));
+                        let p = out.payload(log.to_string());
+                        out.to(sub, p);
                     }
                 }
                 SubKind::StateChanges(watch) => {
                     for change in subs::state_change_payloads(mini, watch.as_ref()) {
-                        deliveries.push((
-                            sub.slot,
-                            sub.gen,
-                            subs::notification(&sub.id_text, &change.to_string()),
-                        ));
+                        let p = out.payload(change.to_string());
+                        out.to(sub, p);
                     }
                 }
                 SubKind::NewHeads | SubKind::NewPendingTransactions { .. } => {}
             }
         }
-        self.deliver(deliveries);
+        self.deliver(out);
     }
 
     fn publish_block(&mut self, block: &Arc<SealedBlock>) {
-        let mut payload: Option<String> = None;
-        let mut deliveries = Vec::new();
+        let mut out = Deliveries::default();
+        let mut payload: Option<usize> = None;
         for sub in self.subs.iter() {
             if let SubKind::NewHeads = sub.kind {
-                let p = payload.get_or_insert_with(|| subs::new_head_payload(block).to_string());
-                deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, p)));
+                let p = *payload.get_or_insert_with(|| {
+                    out.payload(subs::new_head_payload(block).to_string())
+                });
+                out.to(sub, p);
             }
         }
-        self.deliver(deliveries);
+        self.deliver(out);
     }
 
     fn publish_pending(&mut self, tx: &Arc<RecoveredTx>) {
-        let mut deliveries = Vec::new();
+        let mut out = Deliveries::default();
+        let (mut hash, mut full) = (None, None);
         for sub in self.subs.iter() {
-            if let SubKind::NewPendingTransactions { full } = sub.kind {
-                let payload = if full {
-                    crate::format::pooled_transaction(tx).to_string()
+            if let SubKind::NewPendingTransactions { full: want_full } = sub.kind {
+                let p = if want_full {
+                    *full.get_or_insert_with(|| {
+                        out.payload(crate::format::pooled_transaction(tx).to_string())
+                    })
                 } else {
-                    format!("\"{}\"", tx.hash)
+                    *hash.get_or_insert_with(|| out.payload(format!("\"{}\"", tx.hash)))
                 };
-                deliveries.push((sub.slot, sub.gen, subs::notification(&sub.id_text, &payload)));
+                out.to(sub, p);
             }
         }
-        self.deliver(deliveries);
+        self.deliver(out);
     }
 
     fn binary_feeds(&self) -> Vec<u32> {
@@ -963,19 +963,25 @@ impl Hub {
         self.mark(slot);
     }
 
-    fn deliver(&mut self, deliveries: Vec<(u32, u32, Vec<u8>)>) {
+    /// Writes each notification straight into its connection's output as one text frame (the
+    /// payload, serialized once, is shared by every subscriber it goes to).
+    fn deliver(&mut self, deliveries: Deliveries) {
         let limit = self.limits.max_outbound_bytes;
         let grace = self.limits.slow_close_grace;
-        for (slot, gen, payload) in deliveries {
-            let metrics = self.metrics.clone();
-            let Some(s) = self.session(slot) else { continue };
-            if s.gen != gen || s.close_after_flush || s.kill {
+        let mut sent = 0u64;
+        for d in &deliveries.items {
+            let payload = deliveries.payloads[d.payload].as_bytes();
+            let Some(s) = self.sessions.get_mut(d.slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if s.gen != d.gen || s.close_after_flush || s.kill {
                 continue;
             }
-            if s.out.len() + payload.len() > limit {
-                metrics.error(ErrorKind::SlowConsumer);
+            let len = subs::notification_len(payload.len());
+            if s.out.len() + len > limit {
+                self.metrics.error(ErrorKind::SlowConsumer);
                 tracing::warn!(
-                    slot,
+                    slot = d.slot,
                     queued = s.out.len(),
                     "disconnecting a WebSocket subscriber that fell behind"
                 );
@@ -985,11 +991,16 @@ impl Hub {
                 close_ws(s, ws::CLOSE_POLICY, "subscriber fell behind");
                 s.behind_deadline = Some(Instant::now() + grace);
             } else {
-                ws::write_frame(&mut s.out, Opcode::Text, &payload);
-                metrics.notifications.fetch_add(1, Ordering::Relaxed);
+                ws::write_frame_header(&mut s.out, Opcode::Text, len);
+                subs::write_notification(&mut s.out, &d.id, payload);
+                sent += 1;
             }
-            self.mark(slot);
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(d.slot);
+            }
         }
+        self.metrics.notifications.fetch_add(sent, Ordering::Relaxed);
     }
 
     /// Expires waiting calls and enforces timeouts; call when [`Hub::next_deadline`] passes.
@@ -1178,6 +1189,33 @@ impl Hub {
                 self.mark(i as u32);
             }
         }
+    }
+}
+
+/// Notifications to write: payloads serialized once, and who gets which.
+#[derive(Default)]
+struct Deliveries {
+    payloads: Vec<String>,
+    items: Vec<Delivery>,
+}
+
+struct Delivery {
+    slot: u32,
+    gen: u32,
+    id: [u8; subs::ID_TEXT_LEN],
+    payload: usize,
+}
+
+impl Deliveries {
+    fn payload(&mut self, p: String) -> usize {
+        self.payloads.push(p);
+        self.payloads.len() - 1
+    }
+
+    fn to(&mut self, sub: &subs::Sub, payload: usize) {
+        let mut id = [0u8; subs::ID_TEXT_LEN];
+        id.copy_from_slice(sub.id_text.as_bytes());
+        self.items.push(Delivery { slot: sub.slot, gen: sub.gen, id, payload });
     }
 }
 

@@ -144,6 +144,7 @@ impl Subscriptions {
             return Err(RpcError::new(-32603, "subscription id collision; try again"));
         }
         let id_text = format!("{id:#034x}");
+        debug_assert_eq!(id_text.len(), ID_TEXT_LEN);
         mine.push(id);
         self.subs.insert(id, Sub { slot, gen, kind, id_text: id_text.clone() });
         Ok(id_text)
@@ -248,16 +249,26 @@ pub fn new_head_payload(block: &SealedBlock) -> Value {
     v
 }
 
-/// The bytes of an `eth_subscription` notification for subscription `id_text` carrying the
-/// already serialized `result`.
-pub fn notification(id_text: &str, result: &str) -> Vec<u8> {
-    let mut s = String::with_capacity(result.len() + 110);
-    s.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#);
-    s.push_str(id_text);
-    s.push_str(r#"","result":"#);
-    s.push_str(result);
-    s.push_str("}}");
-    s.into_bytes()
+/// Length of a subscription id as clients see it: `0x` and 32 hex digits.
+pub const ID_TEXT_LEN: usize = 34;
+const NOTIFICATION_HEAD: &[u8] =
+    br#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
+const NOTIFICATION_MID: &[u8] = br#"","result":"#;
+const NOTIFICATION_TAIL: &[u8] = b"}}";
+
+/// Bytes of a notification whose serialized result is `result_len` bytes long.
+pub fn notification_len(result_len: usize) -> usize {
+    NOTIFICATION_HEAD.len() + ID_TEXT_LEN + NOTIFICATION_MID.len() + result_len + NOTIFICATION_TAIL.len()
+}
+
+/// Appends an `eth_subscription` notification for subscription `id` carrying the already
+/// serialized `result` ([`notification_len`] bytes).
+pub fn write_notification(out: &mut Vec<u8>, id: &[u8; ID_TEXT_LEN], result: &[u8]) {
+    out.extend_from_slice(NOTIFICATION_HEAD);
+    out.extend_from_slice(id);
+    out.extend_from_slice(NOTIFICATION_MID);
+    out.extend_from_slice(result);
+    out.extend_from_slice(NOTIFICATION_TAIL);
 }
 
 #[cfg(test)]
@@ -304,10 +315,13 @@ mod tests {
     }
 
     #[test]
-    fn notification_is_valid_json() {
-        let n = notification("0x01", r#"{"a":1}"#);
+    fn notification_is_valid_json_of_the_announced_length() {
+        let id: [u8; ID_TEXT_LEN] = format!("{:#034x}", 1u128).into_bytes().try_into().unwrap();
+        let mut n = Vec::new();
+        write_notification(&mut n, &id, br#"{"a":1}"#);
+        assert_eq!(n.len(), notification_len(7));
         let v: Value = serde_json::from_slice(&n).unwrap();
-        assert_eq!(v["params"]["subscription"], "0x01");
+        assert_eq!(v["params"]["subscription"], format!("{:#034x}", 1u128));
         assert_eq!(v["params"]["result"]["a"], 1);
     }
 }

@@ -42,8 +42,19 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One subscriber: connects, subscribes, then reports (receive time − seal time) per notification.
-async fn subscriber(addr: String, report: mpsc::UnboundedSender<u64>) -> Result<(), FanoutError> {
+/// One delivery: which mini-block, when it was sealed and when it arrived (µs since the epoch).
+#[derive(Clone, Copy, Debug)]
+struct Delivery {
+    number: u64,
+    sealed_us: u64,
+    received_us: u64,
+}
+
+/// One subscriber: connects, subscribes, then reports every notification's delivery.
+async fn subscriber(
+    addr: String,
+    report: mpsc::UnboundedSender<Delivery>,
+) -> Result<(), FanoutError> {
     let mut s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
     s.write_all(
@@ -91,10 +102,16 @@ async fn subscriber(addr: String, report: mpsc::UnboundedSender<u64>) -> Result<
             if opcode == 1 {
                 let v: Value = serde_json::from_slice(&buf[at..at + len])
                     .map_err(|e| FanoutError::Protocol(e.to_string()))?;
-                if let Some(ts) = v["params"]["result"]["mini_block_timestamp"].as_str() {
-                    let sealed = u64::from_str_radix(ts.trim_start_matches("0x"), 16)
-                        .map_err(|e| FanoutError::Protocol(e.to_string()))?;
-                    if report.send(received.saturating_sub(sealed)).is_err() {
+                let r = &v["params"]["result"];
+                if let (Some(ts), Some(n)) =
+                    (r["mini_block_timestamp"].as_str(), r["mini_block_number"].as_str())
+                {
+                    let hex = |s: &str| {
+                        u64::from_str_radix(s.trim_start_matches("0x"), 16)
+                            .map_err(|e| FanoutError::Protocol(e.to_string()))
+                    };
+                    let d = Delivery { number: hex(n)?, sealed_us: hex(ts)?, received_us: received };
+                    if report.send(d).is_err() {
                         return Ok(());
                     }
                 }
@@ -112,7 +129,9 @@ async fn subscriber(addr: String, report: mpsc::UnboundedSender<u64>) -> Result<
 }
 
 /// Runs `subscribers` subscribers against `addr` (host:port) for `seconds` after all are
-/// subscribed; returns a JSON line with delivery-latency percentiles in µs.
+/// subscribed; returns a JSON line with percentiles in µs of the delivery latency (receive time
+/// − seal time, per notification) and of the fan-out spread (last − first receive time of one
+/// mini-block across all subscribers).
 pub fn run(addr: &str, subscribers: usize, seconds: u64) -> Result<Value, FanoutError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -132,14 +151,35 @@ pub fn run(addr: &str, subscribers: usize, seconds: u64) -> Result<Value, Fanout
             }
         }
         let mut samples = Vec::new();
+        let mut per_block: std::collections::HashMap<u64, (u64, u64, usize)> =
+            std::collections::HashMap::new();
         let end = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < end {
             match tokio::time::timeout(end - Instant::now(), rx.recv()).await {
-                Ok(Some(us)) => samples.push(us),
+                Ok(Some(d)) => {
+                    samples.push(d.received_us.saturating_sub(d.sealed_us));
+                    let e = per_block.entry(d.number).or_insert((u64::MAX, 0, 0));
+                    e.0 = e.0.min(d.received_us);
+                    e.1 = e.1.max(d.received_us);
+                    e.2 += 1;
+                }
                 Ok(None) => break,
                 Err(_) => break,
             }
         }
+        let mut spreads: Vec<u64> = per_block
+            .values()
+            .filter(|(_, _, n)| *n == subscribers)
+            .map(|(first, last, _)| last - first)
+            .collect();
+        spreads.sort_unstable();
+        let spread_pct = |p: f64| {
+            if spreads.is_empty() {
+                0
+            } else {
+                spreads[((spreads.len() - 1) as f64 * p) as usize]
+            }
+        };
         let failed = tasks.iter().filter(|t| t.is_finished()).count();
         for t in tasks {
             t.abort();
@@ -156,6 +196,8 @@ pub fn run(addr: &str, subscribers: usize, seconds: u64) -> Result<Value, Fanout
             "per_subscriber_per_s": samples.len() as f64 / subscribers as f64 / seconds as f64,
             "failed_subscribers": failed,
             "delivery_us": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+            "complete_mini_blocks": spreads.len(),
+            "spread_us": {"p50": spread_pct(0.5), "p99": spread_pct(0.99), "max": spread_pct(1.0)},
         }))
     })
 }
