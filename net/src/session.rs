@@ -559,22 +559,10 @@ impl Hub {
         } else {
             self.rpc.dispatch(body, &callbacks)
         };
-        if dispatched.batch && dispatched.parts.len() == 1 {
-            if let Part::Ready(v) = &dispatched.parts[0] {
-                if v["error"]["code"] == json!(-32600)
-                    && v["error"]["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("batch too large"))
-                {
-                    metrics.error(ErrorKind::BatchTooLarge);
-                }
-            }
-        } else if !dispatched.batch {
-            if let Some(Part::Ready(v)) = dispatched.parts.first() {
-                if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large"))
-                {
-                    metrics.error(ErrorKind::BatchTooLarge);
-                }
+        // A batch over the limit is answered as one error object (not as a batch).
+        if let (false, Some(Part::Ready(v))) = (dispatched.batch, dispatched.parts.first()) {
+            if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large")) {
+                metrics.error(ErrorKind::BatchTooLarge);
             }
         }
         if wants_pending && self.pending.is_none() {
@@ -891,9 +879,8 @@ impl Hub {
         let mut payload: Option<usize> = None;
         for sub in self.subs.iter() {
             if let SubKind::NewHeads = sub.kind {
-                let p = *payload.get_or_insert_with(|| {
-                    out.payload(subs::new_head_payload(block).to_string())
-                });
+                let p = *payload
+                    .get_or_insert_with(|| out.payload(subs::new_head_payload(block).to_string()));
                 out.to(sub, p);
             }
         }

@@ -258,7 +258,11 @@ const NOTIFICATION_TAIL: &[u8] = b"}}";
 
 /// Bytes of a notification whose serialized result is `result_len` bytes long.
 pub fn notification_len(result_len: usize) -> usize {
-    NOTIFICATION_HEAD.len() + ID_TEXT_LEN + NOTIFICATION_MID.len() + result_len + NOTIFICATION_TAIL.len()
+    NOTIFICATION_HEAD.len()
+        + ID_TEXT_LEN
+        + NOTIFICATION_MID.len()
+        + result_len
+        + NOTIFICATION_TAIL.len()
 }
 
 /// Appends an `eth_subscription` notification for subscription `id` carrying the already

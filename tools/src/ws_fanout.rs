@@ -110,7 +110,8 @@ async fn subscriber(
                         u64::from_str_radix(s.trim_start_matches("0x"), 16)
                             .map_err(|e| FanoutError::Protocol(e.to_string()))
                     };
-                    let d = Delivery { number: hex(n)?, sealed_us: hex(ts)?, received_us: received };
+                    let d =
+                        Delivery { number: hex(n)?, sealed_us: hex(ts)?, received_us: received };
                     if report.send(d).is_err() {
                         return Ok(());
                     }
