@@ -26,13 +26,13 @@ fn rpc() -> &'static Mutex<Rpc> {
 
 fuzz_target!(|data: &[u8]| {
     let mut rpc = rpc().lock().unwrap();
-    let callbacks =
-        |_| Callbacks { on_accept: Box::new(|_| {}), on_receipt: Box::new(|_| {}) };
+    let callbacks = |_| Callbacks { on_accept: Box::new(|_| {}), on_receipt: Box::new(|_| {}) };
     let d = rpc.dispatch(data, &callbacks);
     if d.is_ready() {
         let body = d.body();
         if !body.is_empty() {
-            let v: serde_json_check::Value = serde_json_check::from_slice(&body).expect("valid JSON");
+            let v: serde_json_check::Value =
+                serde_json_check::from_slice(&body).expect("valid JSON");
             assert!(v.is_object() || v.is_array());
         }
     }
