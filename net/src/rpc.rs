@@ -90,17 +90,34 @@ pub fn tx_error(e: &TxError) -> RpcError {
 }
 
 /// A JSON-RPC response object.
-pub fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
-    match result {
-        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
-        Err(e) => {
-            let mut err = json!({"code": e.code, "message": e.message});
-            if let Some(d) = e.data {
-                err["data"] = d;
-            }
-            json!({"jsonrpc": "2.0", "id": id, "error": err})
-        }
+pub fn response(id: &Value, result: Result<Value, RpcError>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct ErrorObject<'a> {
+        code: i64,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a Value>,
     }
+    #[derive(serde::Serialize)]
+    struct ResponseObject<'a> {
+        jsonrpc: &'static str,
+        id: &'a Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorObject<'a>>,
+    }
+    // Serialized straight from borrowed parts: no map is built for the envelope.
+    let obj = match &result {
+        Ok(v) => ResponseObject { jsonrpc: "2.0", id, result: Some(v), error: None },
+        Err(e) => ResponseObject {
+            jsonrpc: "2.0",
+            id,
+            result: None,
+            error: Some(ErrorObject { code: e.code, message: &e.message, data: e.data.as_ref() }),
+        },
+    };
+    serde_json::to_vec(&obj).unwrap_or_default()
 }
 
 /// What a waiting call waits for.
@@ -117,8 +134,8 @@ pub enum WaitKind {
 /// One call's answer, ready or awaited.
 #[derive(Debug)]
 pub enum Part {
-    /// The response object.
-    Ready(Value),
+    /// The response object, serialized.
+    Ready(Vec<u8>),
     /// Waiting for the engine.
     Waiting {
         /// Request id.
@@ -148,12 +165,14 @@ pub struct Callbacks {
 }
 
 /// A dispatched request: a single call or a batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Dispatched {
     /// Whether the request was a batch (answered with an array).
     pub batch: bool,
     /// One part per call that expects an answer.
     pub parts: Vec<Part>,
+    /// The request was a batch over [`MAX_BATCH_LEN`] (answered with one error).
+    pub batch_too_large: bool,
 }
 
 impl Dispatched {
@@ -164,25 +183,26 @@ impl Dispatched {
 
     /// The response body; call when [`Self::is_ready`].
     pub fn body(&self) -> Vec<u8> {
-        let values: Vec<&Value> = self
-            .parts
-            .iter()
-            .map(|p| match p {
-                Part::Ready(v) => v,
-                Part::Waiting { .. } => &Value::Null,
-            })
-            .collect();
-        if self.batch {
-            if values.is_empty() {
-                return Vec::new();
-            }
-            serde_json::to_vec(&values).unwrap_or_default()
-        } else {
-            match values.first() {
-                Some(v) => serde_json::to_vec(v).unwrap_or_default(),
-                None => Vec::new(),
-            }
+        let ready = self.parts.iter().map(|p| match p {
+            Part::Ready(bytes) => bytes.as_slice(),
+            Part::Waiting { .. } => b"null".as_slice(),
+        });
+        if !self.batch {
+            return ready.take(1).next().map(<[u8]>::to_vec).unwrap_or_default();
         }
+        if self.parts.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(2 + self.parts.len() * 64);
+        out.push(b'[');
+        for (i, bytes) in ready.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(bytes);
+        }
+        out.push(b']');
+        out
     }
 
     /// The earliest deadline among waiting parts.
@@ -364,7 +384,7 @@ impl Rpc {
                     .call_fields(env.id, env.method, env.params, &|| callbacks(0), ext)
                     .into_iter()
                     .collect();
-                return Dispatched { batch: false, parts };
+                return Dispatched { batch: false, parts, ..Default::default() };
             }
         }
         self.dispatch_general(body, callbacks, ext)
@@ -386,6 +406,7 @@ impl Rpc {
                         &Value::Null,
                         Err(RpcError::new(-32700, format!("parse error: {e}"))),
                     ))],
+                    ..Default::default()
                 }
             }
         };
@@ -398,10 +419,12 @@ impl Rpc {
                             &Value::Null,
                             Err(RpcError::new(-32600, "empty batch")),
                         ))],
+                        ..Default::default()
                     };
                 }
                 if calls.len() > MAX_BATCH_LEN {
                     return Dispatched {
+                        batch_too_large: true,
                         batch: false,
                         parts: vec![Part::Ready(response(
                             &Value::Null,
@@ -422,11 +445,11 @@ impl Rpc {
                         parts.push(p);
                     }
                 }
-                Dispatched { batch: true, parts }
+                Dispatched { batch: true, parts, ..Default::default() }
             }
             other => {
                 let parts = self.call(other, &|| callbacks(0), ext).into_iter().collect();
-                Dispatched { batch: false, parts }
+                Dispatched { batch: false, parts, ..Default::default() }
             }
         }
     }

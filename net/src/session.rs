@@ -559,11 +559,8 @@ impl Hub {
         } else {
             self.rpc.dispatch(body, &callbacks)
         };
-        // A batch over the limit is answered as one error object (not as a batch).
-        if let (false, Some(Part::Ready(v))) = (dispatched.batch, dispatched.parts.first()) {
-            if v["error"]["message"].as_str().is_some_and(|m| m.starts_with("batch too large")) {
-                metrics.error(ErrorKind::BatchTooLarge);
-            }
+        if dispatched.batch_too_large {
+            metrics.error(ErrorKind::BatchTooLarge);
         }
         if wants_pending && self.pending.is_none() {
             let engine = self.rpc.engine().clone();
