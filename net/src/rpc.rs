@@ -488,8 +488,11 @@ impl Rpc {
                 Err(RpcError::new(-32600, "invalid request id")),
             )));
         }
+        // As geth: a message without a method name is an invalid request (answered even without
+        // an id); one with a method and no id is a notification, never answered, even when its
+        // params are wrong.
         let method = match method {
-            Some(Value::String(m)) => m,
+            Some(Value::String(m)) if !m.is_empty() => m,
             _ => {
                 return Some(Part::Ready(response(
                     &id,
@@ -501,16 +504,20 @@ impl Rpc {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a,
             Some(Value::Object(_)) => {
-                return Some(Part::Ready(response(
-                    &id,
-                    Err(RpcError::invalid_params("named parameters are not supported")),
-                )))
+                return (!is_notification).then(|| {
+                    Part::Ready(response(
+                        &id,
+                        Err(RpcError::invalid_params("named parameters are not supported")),
+                    ))
+                })
             }
             Some(_) => {
-                return Some(Part::Ready(response(
-                    &id,
-                    Err(RpcError::new(-32600, "invalid request: params")),
-                )))
+                return (!is_notification).then(|| {
+                    Part::Ready(response(
+                        &id,
+                        Err(RpcError::new(-32600, "invalid request: params")),
+                    ))
+                })
             }
         };
         let outcome = match ext(&method, &params) {
@@ -1291,10 +1298,7 @@ fn logs_matching(
 mod tests {
     use super::*;
 
-    /// The single-call fast path answers exactly as the general path for every shape of call:
-    /// ids present, null and absent, bad methods and params, duplicate keys, extra members.
-    #[test]
-    fn fast_path_answers_like_the_general_path() {
+    fn test_rpc() -> Rpc {
         let engine = Arc::new(
             Engine::start(
                 strobe_engine::config::ChainConfig::default(),
@@ -1303,7 +1307,119 @@ mod tests {
             )
             .unwrap(),
         );
-        let mut rpc = Rpc::new(engine, Vec::new());
+        Rpc::new(engine, Vec::new())
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z0-9x]{0,12}".prop_map(Value::String),
+            Just(json!("latest")),
+            Just(json!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266")),
+            Just(json!("0x1")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, Strategy};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Call objects of every shape (method names strobe serves and others, any params, any
+        /// id, members missing) get one well-formed answer carrying their id, or none when they
+        /// are notifications; the fast path agrees with the general one; batches answer per call.
+        #[test]
+        fn envelopes_get_well_formed_answers(
+            method in proptest::sample::select(vec![
+                "eth_chainId", "eth_getBalance", "eth_call", "eth_getLogs", "eth_getBlockByNumber",
+                "eth_getTransactionReceipt", "eth_estimateGas", "eth_feeHistory", "eth_newFilter",
+                "eth_getFilterChanges", "strobe_getMiniBlocks", "strobe_getProof", "web3_sha3",
+                "nope", "",
+            ]),
+            params in arb_json(),
+            id in proptest::option::of(proptest::prop_oneof![
+                proptest::strategy::Just(Value::Null),
+                any::<u32>().prop_map(|n| json!(n)),
+                "[a-z]{0,5}".prop_map(Value::String),
+            ]),
+            extra in arb_json(),
+            batch in 1usize..4,
+        ) {
+            let mut rpc = test_rpc();
+            let callbacks = |_| Callbacks { on_accept: Box::new(|_| {}), on_receipt: Box::new(|_| {}) };
+            let mut call = serde_json::Map::new();
+            call.insert("jsonrpc".into(), json!("2.0"));
+            call.insert("method".into(), json!(method));
+            call.insert("params".into(), params);
+            call.insert("x".into(), extra);
+            if let Some(id) = &id {
+                call.insert("id".into(), id.clone());
+            }
+            let body = Value::Object(call).to_string();
+            let fast = rpc.dispatch(body.as_bytes(), &callbacks);
+            let general = rpc.dispatch_general(body.as_bytes(), &callbacks, &mut |_: &str, _: &[Value]| None);
+            prop_assert_eq!(fast.is_ready(), general.is_ready());
+            if fast.is_ready() {
+                // Filter methods change state (a new id per call), so only their shape is compared.
+                if !method.contains("Filter") {
+                    prop_assert_eq!(fast.body(), general.body());
+                }
+                let out = fast.body();
+                match &id {
+                    None if !method.is_empty() => prop_assert!(out.is_empty(), "a notification got {:?}", String::from_utf8_lossy(&out)),
+                    None => {
+                        let v: Value = serde_json::from_slice(&out).unwrap();
+                        prop_assert_eq!(&v["error"]["code"], &json!(-32600));
+                        prop_assert_eq!(&v["id"], &Value::Null);
+                    }
+                    Some(id) => {
+                        let v: Value = serde_json::from_slice(&out).unwrap();
+                        prop_assert_eq!(&v["jsonrpc"], &json!("2.0"));
+                        let valid_id = matches!(id, Value::Null | Value::Number(_) | Value::String(_));
+                        prop_assert!(!valid_id || v["id"] == *id);
+                        prop_assert!(v.get("result").is_some() != v.get("error").is_some());
+                    }
+                }
+            }
+            let batch_body = format!("[{}]", vec![body.as_str(); batch].join(","));
+            let d = rpc.dispatch(batch_body.as_bytes(), &callbacks);
+            if d.is_ready() {
+                let out = d.body();
+                if id.is_some() || method.is_empty() {
+                    let v: Value = serde_json::from_slice(&out).unwrap();
+                    prop_assert_eq!(v.as_array().map(Vec::len), Some(batch));
+                } else {
+                    prop_assert!(out.is_empty());
+                }
+            }
+        }
+
+        /// Arbitrary bytes never panic the dispatcher, and any answer is JSON.
+        #[test]
+        fn random_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut rpc = test_rpc();
+            let callbacks = |_| Callbacks { on_accept: Box::new(|_| {}), on_receipt: Box::new(|_| {}) };
+            let d = rpc.dispatch(&bytes, &callbacks);
+            if d.is_ready() && !d.body().is_empty() {
+                serde_json::from_slice::<Value>(&d.body()).unwrap();
+            }
+        }
+    }
+
+    /// The single-call fast path answers exactly as the general path for every shape of call:
+    /// ids present, null and absent, bad methods and params, duplicate keys, extra members.
+    #[test]
+    fn fast_path_answers_like_the_general_path() {
+        let mut rpc = test_rpc();
         let callbacks = |_| Callbacks { on_accept: Box::new(|_| {}), on_receipt: Box::new(|_| {}) };
         let bodies = [
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#,
