@@ -660,3 +660,57 @@ fn every_limit_is_enforced_and_counted() {
         assert!(count("connection_limit") >= 5);
     }
 }
+
+#[test]
+fn http_pipelining_half_close_connection_close_and_head() {
+    for backend in BACKENDS {
+        let node = node(backend, &[]);
+        let a = addr(&node);
+        let one = |id: u32, extra: &str| {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#);
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let read_all = |s: &mut TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+
+        // 200 pipelined requests in one write (past the 64 answered at a time), then a
+        // half-close: every one is answered, in order, and then the server closes.
+        let mut s = TcpStream::connect(&a).unwrap();
+        let all: String = (0..200).map(|i| one(i, "")).collect();
+        s.write_all(all.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let started = Instant::now();
+        let text = read_all(&mut s);
+        assert!(started.elapsed() < Duration::from_secs(3), "{backend}: answers stalled");
+        let ids: Vec<u64> = text
+            .split("\r\n\r\n")
+            .filter_map(|part| serde_json::from_str::<Value>(part.split("HTTP/1.1").next()?).ok())
+            .filter_map(|v| v["id"].as_u64())
+            .collect();
+        assert_eq!(ids, (0..200).collect::<Vec<u64>>(), "{backend}");
+
+        // After a `Connection: close` request, a pipelined one behind it is not served.
+        let mut s = TcpStream::connect(&a).unwrap();
+        s.write_all(format!("{}{}", one(1, "Connection: close\r\n"), one(2, "")).as_bytes())
+            .unwrap();
+        let text = read_all(&mut s);
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{backend}: {text}");
+        assert!(text.contains(r#""id":1"#) && !text.contains(r#""id":2"#));
+
+        // HEAD gets the head a GET would, and no body.
+        let mut s = TcpStream::connect(&a).unwrap();
+        s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let text = read_all(&mut s);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"),
+            "{backend}: {text:?}"
+        );
+    }
+}

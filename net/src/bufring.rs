@@ -15,11 +15,18 @@ use std::{
     sync::atomic::{AtomicU16, Ordering},
 };
 
+// The entry layout the raw writes below rely on (struct io_uring_buf).
+const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
+
 /// A registered provided-buffer ring.
+///
+/// Both allocations are raw: the kernel writes into the buffers and reads the ring behind Rust's
+/// back, so no Rust reference ever covers more than the one buffer a completion handed over.
 pub(crate) struct BufRing {
     ring: *mut BufRingEntry,
     ring_layout: Layout,
-    bufs: Box<[u8]>,
+    bufs: *mut u8,
+    bufs_layout: Layout,
     buf_len: usize,
     entries: u16,
     tail: u16,
@@ -39,20 +46,22 @@ impl BufRing {
         let ring_layout =
             Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(|e| io::Error::other(e.to_string()))?;
+        let bufs_layout = Layout::from_size_align(entries as usize * buf_len.max(1), 64)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         // SAFETY: the layout has a non-zero size (entries >= 1, 16-byte entries).
         let mem = unsafe { alloc_zeroed(ring_layout) } as *mut BufRingEntry;
         if mem.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let mut this = Self {
-            ring: mem,
-            ring_layout,
-            bufs: vec![0u8; entries as usize * buf_len].into_boxed_slice(),
-            buf_len,
-            entries,
-            tail: 0,
-            bgid,
-        };
+        // SAFETY: non-zero size (entries >= 1, buf_len >= 1).
+        let bufs = unsafe { alloc_zeroed(bufs_layout) };
+        if bufs.is_null() {
+            // SAFETY: allocated just above with this layout.
+            unsafe { dealloc(mem as *mut u8, ring_layout) };
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut this =
+            Self { ring: mem, ring_layout, bufs, bufs_layout, buf_len, entries, tail: 0, bgid };
         for bid in 0..entries {
             this.push(bid);
         }
@@ -72,10 +81,19 @@ impl BufRing {
         self.bgid
     }
 
-    /// The first `len` bytes of buffer `bid`, which the kernel filled for a completion.
+    /// The first `len` bytes of buffer `bid`, which the kernel filled for a completion. Call
+    /// only for a `bid` a completion named and not yet [`Self::recycle`]d.
     pub(crate) fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.buf_len;
-        &self.bufs[start..start + len.min(self.buf_len)]
+        assert!(bid < self.entries, "buffer id {bid} out of range");
+        // SAFETY: `bid` < entries, so the range lies inside the buffer allocation. The kernel
+        // wrote this buffer before posting the completion and will not touch it again until it
+        // is recycled (after the caller is done with the slice: `recycle` takes `&mut self`).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.bufs.add(bid as usize * self.buf_len),
+                len.min(self.buf_len),
+            )
+        }
     }
 
     /// Gives buffer `bid` back to the kernel (call after its data was consumed).
@@ -87,13 +105,18 @@ impl BufRing {
     fn push(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let index = (self.tail & mask) as usize;
-        let addr = self.bufs.as_ptr() as u64 + bid as u64 * self.buf_len as u64;
+        let addr = self.bufs as u64 + bid as u64 * self.buf_len as u64;
         // SAFETY: `index` < entries, so the entry lies inside the ring allocation; the kernel
         // only reads entries between its head and the published tail, and this one is past it.
-        let entry = unsafe { &mut *self.ring.add(index) };
-        entry.set_addr(addr);
-        entry.set_len(self.buf_len as u32);
-        entry.set_bid(bid);
+        // The fields are written through raw pointers (io_uring_buf: addr u64 at 0, len u32 at
+        // 8, bid u16 at 12), never through a reference to the entry: the first entry's last two
+        // bytes are the tail, which the kernel reads.
+        unsafe {
+            let entry = self.ring.add(index) as *mut u8;
+            std::ptr::write(entry as *mut u64, addr);
+            std::ptr::write(entry.add(8) as *mut u32, self.buf_len as u32);
+            std::ptr::write(entry.add(12) as *mut u16, bid);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -113,9 +136,13 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `register` with this layout, freed exactly once; the owner
-        // unregistered the group (or dropped the ring) first, so the kernel no longer uses it.
-        unsafe { dealloc(self.ring as *mut u8, self.ring_layout) };
+        // SAFETY: both allocated in `register` with these layouts and freed exactly once; the
+        // owner unregistered the group (or dropped the ring) first, so the kernel no longer
+        // uses them.
+        unsafe {
+            dealloc(self.ring as *mut u8, self.ring_layout);
+            dealloc(self.bufs, self.bufs_layout);
+        }
     }
 }
 

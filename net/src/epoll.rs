@@ -25,6 +25,9 @@ const MAX_EVENTS: usize = 256;
 /// Longest the loop sleeps before checking the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;
 
@@ -45,6 +48,8 @@ pub struct EpollDriver {
     hub: Hub,
     wake: Arc<EventFd>,
     buf: Vec<u8>,
+    /// Accepting stopped (out of descriptors) until then.
+    accept_paused_until: Option<Instant>,
 }
 
 fn ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -70,8 +75,15 @@ impl EpollDriver {
             return Err(io::Error::last_os_error());
         }
         listener.set_nonblocking(true)?;
-        let d =
-            Self { epfd, listener, conns: Vec::new(), hub, wake, buf: vec![0; READ_CHUNK_BYTES] };
+        let d = Self {
+            epfd,
+            listener,
+            conns: Vec::new(),
+            hub,
+            wake,
+            buf: vec![0; READ_CHUNK_BYTES],
+            accept_paused_until: None,
+        };
         ctl(
             d.epfd,
             libc::EPOLL_CTL_ADD,
@@ -145,6 +157,11 @@ impl EpollDriver {
             if Instant::now() >= self.hub.next_deadline() {
                 self.hub.on_timer();
             }
+            if self.accept_paused_until.is_some_and(|t| Instant::now() >= t) {
+                self.accept_paused_until = None;
+                let fd = self.listener.as_raw_fd();
+                ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, TOKEN_LISTENER)?;
+            }
             for slot in self.hub.take_dirty() {
                 self.service(slot);
             }
@@ -174,17 +191,22 @@ impl EpollDriver {
             if fd < 0 {
                 let e = io::Error::last_os_error();
                 return match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => Ok(()),
                     Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                        tracing::warn!("out of file descriptors; not accepting for now");
+                        // The listener is level-triggered: watching it now would spin. Stop
+                        // watching it for a moment.
+                        tracing::warn!("out of file descriptors; pausing accepts for 100 ms");
+                        ctl(self.epfd, libc::EPOLL_CTL_DEL, self.listener.as_raw_fd(), 0, 0)?;
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
                         Ok(())
                     }
-                    _ => Err(e),
+                    Some(libc::EBADF) | Some(libc::EINVAL) | Some(libc::ENOTSOCK) => Err(e),
+                    // EAGAIN, EINTR, ECONNABORTED, and the transient ENOBUFS, ENOMEM, EPROTO,
+                    // ENETDOWN...: the next readiness event tries again.
+                    _ => Ok(()),
                 };
             }
             let Some((slot, gen)) = self.hub.accept() else {
                 sys::send_and_close(fd, &Hub::refusal());
-                tracing::warn!("connection refused: connection limit reached");
                 continue;
             };
             sys::set_nodelay(fd);
@@ -225,7 +247,8 @@ impl EpollDriver {
                     continue;
                 }
             } else if n == 0 {
-                self.close(slot);
+                // End of stream: answer what was asked, then close (`service` does).
+                self.hub.eof(slot);
                 return;
             } else {
                 let e = io::Error::last_os_error();

@@ -65,6 +65,11 @@ impl Default for Limits {
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Most requests of one connection awaiting their response (pipelining depth).
 pub const MAX_PIPELINED: usize = 64;
+/// Most submissions of one binary connection waiting for the engine.
+pub const MAX_BINARY_IN_FLIGHT: usize = 4096;
+/// Most unparsed input kept for one connection: a largest request and some slack. Reading stops
+/// there until the buffered requests are served.
+const MAX_INPUT_BYTES: usize = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES + 64 * 1024;
 /// Capacity of each engine feed into a network thread (mini-blocks, blocks, pending
 /// transactions); a thread that falls this far behind resubscribes.
 const FEED_CAPACITY: usize = 4096;
@@ -121,6 +126,43 @@ struct Response {
     sync_send: bool,
 }
 
+/// A connection's unparsed input. Consumed bytes are skipped with an offset and the buffer is
+/// compacted once per arrival, so many small pipelined requests cost linear time.
+#[derive(Default)]
+struct Input {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.clear();
+        }
+    }
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+    }
+    fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn extend(&mut self, data: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+}
+
 enum Mode {
     /// Nothing read yet: HTTP or the binary preface?
     Sniff,
@@ -136,7 +178,7 @@ enum Mode {
 struct Session {
     gen: u32,
     mode: Mode,
-    inbuf: Vec<u8>,
+    inbuf: Input,
     out: Vec<u8>,
     responses: VecDeque<Response>,
     next_seq: u64,
@@ -144,6 +186,11 @@ struct Session {
     close_after_flush: bool,
     /// Close now, dropping what is queued.
     kill: bool,
+    /// Parse no further requests (after `Connection: close`, an unparsable request or a refused
+    /// upgrade): what is queued is answered, then the connection closes.
+    no_more_requests: bool,
+    /// The peer closed its sending side: answer what was asked, then close.
+    read_closed: bool,
     continue_sent: bool,
     last_input: Instant,
     partial_since: Option<Instant>,
@@ -187,6 +234,9 @@ pub struct Hub {
     records_interval: bool,
     next_sweep: Instant,
     dirty: Vec<u32>,
+    /// When a refusal at the connection limit was last logged, and how many since.
+    refusal_logged: Option<Instant>,
+    refused_unlogged: u64,
 }
 
 impl Hub {
@@ -224,6 +274,8 @@ impl Hub {
             records_interval: thread == 0,
             next_sweep: Instant::now() + SWEEP_EVERY,
             dirty: Vec::new(),
+            refusal_logged: None,
+            refused_unlogged: 0,
         }
     }
 
@@ -232,6 +284,18 @@ impl Hub {
     pub fn accept(&mut self) -> Option<(u32, u32)> {
         if self.open >= self.limits.max_connections {
             self.metrics.error(ErrorKind::ConnectionLimit);
+            // One line per second at most: a flood of refusals must not flood the log.
+            self.refused_unlogged += 1;
+            let now = Instant::now();
+            if self.refusal_logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    limit = self.limits.max_connections,
+                    refused = self.refused_unlogged,
+                    "connections refused: connection limit reached"
+                );
+                self.refusal_logged = Some(now);
+                self.refused_unlogged = 0;
+            }
             return None;
         }
         let slot = match self.free.pop() {
@@ -247,12 +311,14 @@ impl Hub {
         self.sessions[slot as usize] = Some(Session {
             gen,
             mode: Mode::Sniff,
-            inbuf: Vec::new(),
+            inbuf: Input::default(),
             out: Vec::new(),
             responses: VecDeque::new(),
             next_seq: 0,
             close_after_flush: false,
             kill: false,
+            no_more_requests: false,
+            read_closed: false,
             continue_sent: false,
             last_input: now,
             partial_since: None,
@@ -307,14 +373,24 @@ impl Hub {
     pub fn want(&self, slot: u32) -> IoWant {
         match self.sessions.get(slot as usize).and_then(Option::as_ref) {
             None => IoWant { close_now: true, close_after_flush: true, read: false },
-            Some(s) => IoWant {
-                close_now: s.kill,
-                close_after_flush: s.close_after_flush,
-                read: !s.close_after_flush
-                    && !s.kill
-                    && s.responses.len() < MAX_PIPELINED
-                    && s.out.len() < self.limits.max_outbound_bytes,
-            },
+            Some(s) => {
+                let in_flight = if matches!(s.mode, Mode::Binary { .. }) {
+                    MAX_BINARY_IN_FLIGHT
+                } else {
+                    MAX_PIPELINED
+                };
+                IoWant {
+                    close_now: s.kill,
+                    close_after_flush: s.close_after_flush,
+                    read: !s.close_after_flush
+                        && !s.kill
+                        && !s.no_more_requests
+                        && !s.read_closed
+                        && s.responses.len() < in_flight
+                        && s.out.len() < self.limits.max_outbound_bytes
+                        && s.inbuf.len() < MAX_INPUT_BYTES,
+                }
+            }
         }
     }
 
@@ -361,14 +437,37 @@ impl Hub {
         if s.inbuf.is_empty() {
             s.partial_since = Some(now);
         }
-        s.inbuf.extend_from_slice(data);
-        self.process(slot);
-        if let Some(s) = self.session(slot) {
+        s.inbuf.extend(data);
+        self.pump(slot);
+    }
+
+    /// The peer closed its sending side (end of stream): what it asked is still answered, then
+    /// the connection closes.
+    pub fn eof(&mut self, slot: u32) {
+        let Some(s) = self.session(slot) else { return };
+        s.read_closed = true;
+        self.pump(slot);
+    }
+
+    /// Serves buffered requests and moves ready answers out until neither makes progress, so
+    /// requests held back by the pipelining limit go on as soon as answers leave.
+    fn pump(&mut self, slot: u32) {
+        loop {
+            let Some(s) = self.session(slot) else { return };
+            let before = (s.inbuf.len(), s.responses.len(), s.out.len());
+            self.process(slot);
+            self.flush(slot);
+            let Some(s) = self.session(slot) else { return };
             if s.inbuf.is_empty() {
                 s.partial_since = None;
             }
+            if s.read_closed && s.responses.is_empty() && !s.close_after_flush {
+                s.close_after_flush = true;
+            }
+            if (s.inbuf.len(), s.responses.len(), s.out.len()) == before {
+                break;
+            }
         }
-        self.flush(slot);
         self.mark(slot);
     }
 
@@ -376,17 +475,17 @@ impl Hub {
     fn process(&mut self, slot: u32) {
         loop {
             let Some(s) = self.session(slot) else { return };
-            if s.kill || s.close_after_flush || s.inbuf.is_empty() {
+            if s.kill || s.close_after_flush || s.no_more_requests || s.inbuf.is_empty() {
                 return;
             }
             let progressed = match s.mode {
                 Mode::Sniff => {
                     let n = s.inbuf.len().min(binary::PREFACE.len());
-                    if s.inbuf[..n] != binary::PREFACE[..n] {
+                    if s.inbuf.pending()[..n] != binary::PREFACE[..n] {
                         s.mode = Mode::Http;
                         true
                     } else if n == binary::PREFACE.len() {
-                        s.inbuf.drain(..n);
+                        s.inbuf.consume(n);
                         s.mode = Mode::Binary { feed: false };
                         s.out.extend_from_slice(binary::PREFACE);
                         self.metrics.binary_connections.fetch_add(1, Ordering::Relaxed);
@@ -411,7 +510,7 @@ impl Hub {
         if s.responses.len() >= MAX_PIPELINED {
             return false;
         }
-        match http::parse_request(&s.inbuf) {
+        match http::parse_request(s.inbuf.pending()) {
             Ok(Parsed::Partial { expect_continue }) => {
                 if expect_continue && !s.continue_sent && s.responses.is_empty() {
                     s.out.extend_from_slice(http::CONTINUE);
@@ -420,22 +519,26 @@ impl Hub {
                 false
             }
             Ok(Parsed::Complete(req, used)) => {
-                s.inbuf.drain(..used);
+                s.inbuf.consume(used);
                 s.continue_sent = false;
                 s.partial_since = (!s.inbuf.is_empty()).then(Instant::now);
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let keep_alive = req.keep_alive;
+                // Requests after one that closes the connection are never answered: don't run them.
+                s.no_more_requests |= !keep_alive;
                 if let Some(key) =
                     req.websocket_key.as_deref().filter(|_| req.method == Method::Get)
                 {
                     if !s.responses.is_empty() {
-                        s.out.extend(plain(
+                        // Answered in its turn, after the requests before it.
+                        s.no_more_requests = true;
+                        let refusal = plain(
                             "400 Bad Request",
                             b"upgrade while requests are pending\n",
                             false,
-                        ));
-                        s.close_after_flush = true;
+                        );
+                        self.push_response(slot, seq, false, Pending::Bytes(refusal));
                         return false;
                     }
                     s.out.extend_from_slice(&ws::handshake_response(key));
@@ -450,8 +553,12 @@ impl Hub {
                         Pending::Rpc(d)
                     }
                     Method::Options => Pending::Bytes(plain("204 No Content", b"", keep_alive)),
-                    Method::Get | Method::Head => {
-                        Pending::Bytes(plain("200 OK", b"strobe ok\n", keep_alive))
+                    Method::Get => Pending::Bytes(plain("200 OK", b"strobe ok\n", keep_alive)),
+                    Method::Head => {
+                        // The head a GET would get, without its body.
+                        let mut head = plain("200 OK", b"strobe ok\n", keep_alive);
+                        head.truncate(head.len() - b"strobe ok\n".len());
+                        Pending::Bytes(head)
                     }
                     Method::Other => {
                         Pending::Bytes(plain("405 Method Not Allowed", b"use POST\n", keep_alive))
@@ -471,6 +578,7 @@ impl Hub {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 s.inbuf.clear();
+                s.no_more_requests = true;
                 let msg = format!("{e}\n");
                 let body = Pending::Bytes(plain(e.status(), msg.as_bytes(), false));
                 self.push_response(slot, seq, false, body);
@@ -573,7 +681,7 @@ impl Hub {
     fn process_ws(&mut self, slot: u32) -> bool {
         let metrics = self.metrics.clone();
         let Some(s) = self.session(slot) else { return false };
-        let (frame, used) = match ws::parse_client_frame(&s.inbuf) {
+        let (frame, used) = match ws::parse_client_frame(s.inbuf.pending()) {
             Ok(None) => return false,
             Ok(Some(f)) => f,
             Err(e) => {
@@ -586,7 +694,7 @@ impl Hub {
                 return false;
             }
         };
-        s.inbuf.drain(..used);
+        s.inbuf.consume(used);
         let Mode::WebSocket { fragments } = &mut s.mode else { return false };
         let message = match frame.opcode {
             Opcode::Ping => {
@@ -654,7 +762,7 @@ impl Hub {
     fn process_binary(&mut self, slot: u32) -> bool {
         let metrics = self.metrics.clone();
         let Some(s) = self.session(slot) else { return false };
-        let parsed = binary::parse_frame(&s.inbuf).and_then(|f| {
+        let parsed = binary::parse_frame(s.inbuf.pending()).and_then(|f| {
             f.map(|(kind, body, used)| Ok((binary::decode_client(kind, body)?, used))).transpose()
         });
         let (msg, used) = match parsed {
@@ -671,7 +779,7 @@ impl Hub {
                 return false;
             }
         };
-        s.inbuf.drain(..used);
+        s.inbuf.consume(used);
         metrics.binary_frames.fetch_add(1, Ordering::Relaxed);
         match msg {
             ClientMsg::Ping(v) => binary::encode_server(&ServerMsg::Pong(v), &mut s.out),
@@ -689,7 +797,7 @@ impl Hub {
                 }
             }
             ClientMsg::Submit { tag, flags, raw } => {
-                if s.responses.len() >= MAX_PIPELINED * 64 {
+                if s.responses.len() >= MAX_BINARY_IN_FLIGHT {
                     binary::encode_server(
                         &ServerMsg::Rejected {
                             tag,
@@ -776,8 +884,7 @@ impl Hub {
             Pending::Bytes(_) => false,
         };
         if changed {
-            self.flush(d.slot);
-            self.mark(d.slot);
+            self.pump(d.slot);
         }
     }
 
@@ -1025,8 +1132,7 @@ impl Hub {
                 }
                 Pending::Bytes(_) => {}
             }
-            self.flush(slot);
-            self.mark(slot);
+            self.pump(slot);
         }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
@@ -1051,6 +1157,8 @@ impl Hub {
                 continue;
             }
             if s.close_after_flush {
+                // A peer that never takes its last answer (zero window) must not hold the slot.
+                s.behind_deadline = Some(now + limits.request_timeout);
                 continue;
             }
             let idle = now.duration_since(s.last_input);
@@ -1106,6 +1214,26 @@ impl Hub {
         }
         for slot in touched {
             self.mark(slot);
+        }
+        self.compact_deadlines();
+    }
+
+    /// Drops deadlines of calls already answered once they outnumber the calls still waiting
+    /// (each send leaves one behind, and most are answered long before it).
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() < 4096 {
+            return;
+        }
+        let waiting: std::collections::HashSet<(u32, u32, u64)> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
+            .flat_map(|(i, s)| s.responses.iter().map(move |r| (i, s.gen, r.seq)))
+            .collect();
+        if self.deadlines.len() > 2 * waiting.len() {
+            self.deadlines
+                .retain(|Reverse((_, slot, gen, seq))| waiting.contains(&(*slot, *gen, *seq)));
         }
     }
 

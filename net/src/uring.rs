@@ -37,6 +37,8 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 fn user_data(op: u64, slot: u32, gen: u32) -> u64 {
     (op << 56) | (((gen & 0x00FF_FFFF) as u64) << 32) | slot as u64
@@ -72,10 +74,45 @@ pub struct UringDriver {
     hub: Hub,
     wake: Arc<EventFd>,
     wake_buf: Box<[u8; 8]>,
+    /// Accepting stopped (out of descriptors) until then.
+    accept_paused_until: Option<Instant>,
+}
+
+/// Checks, by doing it, what the driver needs beyond a ring: a provided-buffer ring (5.19) and a
+/// multishot receive into it (6.0) on a socket pair. The opcode probe cannot tell: multishot is
+/// a flag of the plain opcodes.
+fn check_features() -> io::Result<()> {
+    let unsupported = |what: &str, e: io::Error| {
+        io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {what}: {e}"))
+    };
+    let mut trial = IoUring::new(8).map_err(|e| unsupported("a second ring", e))?;
+    let mut bufs =
+        BufRing::register(&trial, 0, 2, 64).map_err(|e| unsupported("provided-buffer rings", e))?;
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), bufs.bgid()).build().user_data(1);
+    // SAFETY: the entry names no caller memory; the buffers belong to the registered group,
+    // which outlives the ring's use here (unregistered below, before `bufs` drops).
+    unsafe { trial.submission().push(&recv) }
+        .map_err(|_| io::Error::other("submission queue full"))?;
+    std::io::Write::write_all(&mut b, b"probe")?;
+    trial.submit_and_wait(1)?;
+    let cqe = trial.completion().next().ok_or_else(|| io::Error::other("no completion"))?;
+    let (res, flags) = (cqe.result(), cqe.flags());
+    if let Some(bid) = cqueue::buffer_select(flags) {
+        bufs.recycle(bid);
+    }
+    bufs.unregister(&trial);
+    drop(trial);
+    if res != 5 || !cqueue::more(flags) {
+        let e = io::Error::from_raw_os_error(if res < 0 { -res } else { libc::EINVAL });
+        return Err(unsupported("multishot receive", e));
+    }
+    Ok(())
 }
 
 impl UringDriver {
-    /// Creates the ring and the eventfd; fails when io_uring is unavailable.
+    /// Creates the ring and the eventfd; fails when io_uring cannot do what the driver needs
+    /// (then the server falls back to epoll).
     pub fn probe() -> io::Result<(IoUring, Arc<EventFd>)> {
         // One thread submits and reaps (SINGLE_ISSUER), and completion work runs when it asks
         // for completions rather than interrupting it (DEFER_TASKRUN, Linux 6.1); older kernels
@@ -85,16 +122,7 @@ impl UringDriver {
             .setup_defer_taskrun()
             .build(RING_ENTRIES)
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
-        // Multishot accept needs Linux 5.19; an older kernel falls back to epoll.
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::AcceptMulti::CODE) || !probe.is_supported(opcode::Recv::CODE)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "io_uring lacks multishot accept",
-            ));
-        }
+        check_features()?;
         Ok((ring, Arc::new(EventFd::new()?)))
     }
 
@@ -125,6 +153,7 @@ impl UringDriver {
             hub,
             wake,
             wake_buf: Box::new([0; 8]),
+            accept_paused_until: None,
         })
     }
 
@@ -162,18 +191,22 @@ impl UringDriver {
             if Instant::now() >= self.hub.next_deadline() {
                 self.hub.on_timer();
             }
+            if self.accept_paused_until.is_some_and(|t| Instant::now() >= t) {
+                self.accept_paused_until = None;
+                self.arm_accept()?;
+            }
             self.service_dirty()?;
         }
         self.hub.shutdown();
         self.service_dirty()?;
         let _ = self.ring.submit();
         self.bufs.unregister(&self.ring);
-        for slot in 0..self.conns.len() {
-            if let Some(c) = self.conns[slot].take() {
-                // SAFETY: the descriptor is owned by the connection; the ring is dropped right
-                // after, so no operation can complete into its buffers.
-                unsafe { libc::close(c.fd) };
-            }
+        for c in self.conns.iter().flatten() {
+            // SAFETY: the descriptor is owned by the connection and closed exactly once. The
+            // connection itself (and the buffer a send may still read) stays alive until the
+            // driver drops, after the ring (field order): an operation still in flight never
+            // reads freed memory.
+            unsafe { libc::close(c.fd) };
         }
         Ok(())
     }
@@ -210,6 +243,11 @@ impl UringDriver {
             OP_ACCEPT => {
                 if res >= 0 {
                     self.on_accept(res)?;
+                } else if res == -libc::EMFILE || res == -libc::ENFILE {
+                    // Out of descriptors: re-arming now would fail again at once, forever.
+                    tracing::warn!("out of file descriptors; pausing accepts for 100 ms");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return Ok(());
                 } else if res != -libc::ECANCELED {
                     tracing::debug!(error = res, "accept failed");
                 }
@@ -241,7 +279,11 @@ impl UringDriver {
                 }
                 let closing = c.closing;
                 match res {
-                    0 => self.begin_close(slot),
+                    0 if !closing => {
+                        // End of stream: answer what was asked, then close.
+                        self.hub.eof(slot);
+                        self.service(slot)?
+                    }
                     n if n > 0 && !closing => self.service(slot)?,
                     // Out of provided buffers, or cancelled for backpressure: re-armed when
                     // the hub wants input again.
@@ -269,7 +311,6 @@ impl UringDriver {
     fn on_accept(&mut self, fd: RawFd) -> io::Result<()> {
         let Some((slot, gen)) = self.hub.accept() else {
             sys::send_and_close(fd, &Hub::refusal());
-            tracing::warn!("connection refused: connection limit reached");
             return Ok(());
         };
         sys::set_nodelay(fd);
