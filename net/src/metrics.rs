@@ -177,77 +177,74 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> String {
         use std::fmt::Write as _;
         let mut out = String::with_capacity(4096);
-        let mut scalar = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        scalar(
-            "strobe_net_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            load(&self.connections_accepted),
-        );
-        scalar(
-            "strobe_net_connections_open",
-            "gauge",
-            "Connections open.",
-            load(&self.connections_open),
-        );
-        scalar(
-            "strobe_net_websocket_upgrades_total",
-            "counter",
-            "WebSocket upgrades.",
-            load(&self.websocket_upgrades),
-        );
-        scalar(
-            "strobe_net_binary_connections_total",
-            "counter",
-            "Binary-protocol connections.",
-            load(&self.binary_connections),
-        );
-        scalar(
-            "strobe_rpc_http_calls_total",
-            "counter",
-            "JSON-RPC calls over HTTP.",
-            load(&self.http_calls),
-        );
-        scalar(
-            "strobe_rpc_ws_calls_total",
-            "counter",
-            "JSON-RPC calls over WebSocket.",
-            load(&self.ws_calls),
-        );
-        scalar(
-            "strobe_binary_frames_total",
-            "counter",
-            "Binary-protocol frames received.",
-            load(&self.binary_frames),
-        );
-        scalar(
-            "strobe_subscriptions_active",
-            "gauge",
-            "Active subscriptions.",
-            load(&self.subscriptions_active),
-        );
-        scalar(
-            "strobe_subscription_notifications_total",
-            "counter",
-            "Subscription notifications sent.",
-            load(&self.notifications),
-        );
         let depths = engine.queue_depths();
-        scalar(
-            "strobe_intake_queue_depth",
-            "gauge",
-            "Commands waiting for the sequencer.",
-            depths.intake as u64,
-        );
-        scalar(
-            "strobe_pool_transactions",
-            "gauge",
-            "Transactions in the pool.",
-            depths.pool as u64,
-        );
+        let scalars: [(&str, &str, &str, u64); 11] = [
+            (
+                "strobe_net_connections_accepted_total",
+                "counter",
+                "Connections accepted.",
+                load(&self.connections_accepted),
+            ),
+            (
+                "strobe_net_connections_open",
+                "gauge",
+                "Connections open.",
+                load(&self.connections_open),
+            ),
+            (
+                "strobe_net_websocket_upgrades_total",
+                "counter",
+                "WebSocket upgrades.",
+                load(&self.websocket_upgrades),
+            ),
+            (
+                "strobe_net_binary_connections_total",
+                "counter",
+                "Binary-protocol connections.",
+                load(&self.binary_connections),
+            ),
+            (
+                "strobe_rpc_http_calls_total",
+                "counter",
+                "JSON-RPC calls over HTTP.",
+                load(&self.http_calls),
+            ),
+            (
+                "strobe_rpc_ws_calls_total",
+                "counter",
+                "JSON-RPC calls over WebSocket.",
+                load(&self.ws_calls),
+            ),
+            (
+                "strobe_binary_frames_total",
+                "counter",
+                "Binary-protocol frames received.",
+                load(&self.binary_frames),
+            ),
+            (
+                "strobe_subscriptions_active",
+                "gauge",
+                "Active subscriptions.",
+                load(&self.subscriptions_active),
+            ),
+            (
+                "strobe_subscription_notifications_total",
+                "counter",
+                "Subscription notifications sent.",
+                load(&self.notifications),
+            ),
+            (
+                "strobe_intake_queue_depth",
+                "gauge",
+                "Commands waiting for the sequencer.",
+                depths.intake as u64,
+            ),
+            ("strobe_pool_transactions", "gauge", "Transactions in the pool.", depths.pool as u64),
+        ];
+        for (name, kind, help, v) in scalars {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
         let _ = writeln!(
             out,
             "# HELP strobe_net_errors_total Requests refused or connections closed, by kind.\n\

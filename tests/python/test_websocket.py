@@ -10,9 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from web3 import AsyncWeb3, WebSocketProvider
 
-from conftest import ETH
+from conftest import ETH, start_node, stop_node
+
+
+@pytest.fixture(scope="module")
+def epoll_node():
+    """A second node serving on the epoll fallback, so the subscriptions run on both loops."""
+    n = start_node(["--net-backend", "epoll"])
+    yield n
+    stop_node(n)
 
 
 def ws_url(node) -> str:
@@ -43,7 +52,10 @@ def q(v) -> int:
     return v if isinstance(v, int) else int(v, 16)
 
 
-def test_mini_blocks_arrive_every_tick_with_megaeth_fields(node):
+@pytest.mark.parametrize("backend", ["uring", "epoll"])
+def test_mini_blocks_arrive_every_tick_with_megaeth_fields(request, backend):
+    node = request.getfixturevalue("node" if backend == "uring" else "epoll_node")
+
     async def run():
         async with AsyncWeb3(WebSocketProvider(ws_url(node))) as w3:
             assert await w3.eth.chain_id == 31337
