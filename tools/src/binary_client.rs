@@ -46,6 +46,12 @@ impl BinaryClient {
         Ok(Self { stream, buf: Vec::new(), out: Vec::new() })
     }
 
+    /// A second handle on the same connection (the preface is done), so one thread can send
+    /// while another receives.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { stream: self.stream.try_clone()?, buf: Vec::new(), out: Vec::new() })
+    }
+
     /// Sets how long [`Self::recv`] waits.
     pub fn set_timeout(&self, t: Duration) -> io::Result<()> {
         self.stream.set_read_timeout(Some(t))

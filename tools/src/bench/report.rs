@@ -130,7 +130,11 @@ pub fn summarize(
             "pools": cfg.spec.pools,
             "driver": driver,
             "target": target,
-            "transport": match cfg.transport { Transport::Http => "http", Transport::HttpSync => "http-sync" },
+            "transport": match cfg.transport {
+                Transport::Http => "http",
+                Transport::HttpSync => "http-sync",
+                Transport::Binary => "binary",
+            },
             "duration_s": cfg.duration.as_secs_f64(),
             "seed": cfg.seed,
         },

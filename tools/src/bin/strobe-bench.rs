@@ -43,6 +43,8 @@ enum TransportArg {
     Http,
     /// eth_sendRawTransactionSync: the answer is the receipt.
     HttpSync,
+    /// strobe's binary protocol (raw transactions, receipts pushed back; strobe only).
+    Binary,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -168,6 +170,7 @@ fn config(rpc: String, pid: Option<u32>, a: &LoadArgs) -> Result<RunConfig, Stri
         transport: match a.transport {
             TransportArg::Http => Transport::Http,
             TransportArg::HttpSync => Transport::HttpSync,
+            TransportArg::Binary => Transport::Binary,
         },
         duration: a.duration,
         connections: a.connections,
