@@ -33,6 +33,8 @@ fn short_runs_confirm_every_transaction_and_write_their_reports() {
         ("erc20", Driver::Closed { in_flight: 4 }, Transport::HttpSync),
         ("transfers", Driver::Open { rate: 200.0, poisson: true }, Transport::Binary),
         ("erc20", Driver::Closed { in_flight: 4 }, Transport::Binary),
+        ("mix", Driver::Open { rate: 100.0, poisson: true }, Transport::Ws),
+        ("transfers", Driver::Closed { in_flight: 2 }, Transport::Ws),
     ];
     for (i, (workload, driver, transport)) in runs.into_iter().enumerate() {
         let mut cfg = config(&node.url, workload, driver, transport);

@@ -196,7 +196,7 @@ pub fn close_code(payload: &[u8]) -> Result<u16, FrameError> {
         1 => Err(FrameError::Protocol("close frame with a one-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(FrameError::Protocol("invalid close code"));
             }

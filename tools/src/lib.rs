@@ -8,6 +8,7 @@
 //! - [`fixture`]: real mainnet blocks with their pre-state, replayed and checked against the
 //!   header.
 //! - [`settlement_cost`]: bytes and L1 gas per transaction of batches posted to anvil.
+//! - [`ws_client`]: a minimal blocking WebSocket JSON-RPC client (strobe-bench's `ws` transport).
 //! - [`ws_fanout`]: delivery latency of `miniBlocks` notifications to many WebSocket clients.
 //! - [`workload`]: a funded state with tokens, pools, a factory and a probe contract, and
 //!   builders of transaction lists for execution benchmarks and differential tests.
@@ -22,4 +23,5 @@ pub mod crash;
 pub mod fixture;
 pub mod settlement_cost;
 pub mod workload;
+pub mod ws_client;
 pub mod ws_fanout;

@@ -4,6 +4,7 @@
 //! when the sequencer sealed it), so it includes execution, the write-ahead-log sync, the fan-out
 //! and the loopback hop. Runs on one tokio thread so the client takes one core at most.
 
+use crate::ws_client::{masked_text, server_frame, HANDSHAKE};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::{
@@ -27,21 +28,6 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81];
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    let mask = [0x5a, 0xa5, 0x3c, 0xc3];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
-}
-
 /// One delivery: which mini-block, when it was sealed and when it arrived (µs since the epoch).
 #[derive(Clone, Copy, Debug)]
 struct Delivery {
@@ -57,11 +43,7 @@ async fn subscriber(
 ) -> Result<(), FanoutError> {
     let mut s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
-    s.write_all(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await?;
+    s.write_all(HANDSHAKE).await?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -82,25 +64,11 @@ async fn subscriber(
     s.write_all(&masked_text(sub.to_string().as_bytes())).await?;
     loop {
         // Parse every whole frame in the buffer.
-        loop {
-            if buf.len() < 2 {
-                break;
-            }
-            let (len, at) = match buf[1] & 0x7F {
-                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => {
-                    (u64::from_be_bytes(buf[2..10].try_into().expect("8")) as usize, 10)
-                }
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if buf.len() < at + len {
-                break;
-            }
+        while let Some((opcode, range)) = server_frame(&buf) {
+            let end = range.end;
             let received = now_us();
-            let opcode = buf[0] & 0x0F;
             if opcode == 1 {
-                let v: Value = serde_json::from_slice(&buf[at..at + len])
+                let v: Value = serde_json::from_slice(&buf[range])
                     .map_err(|e| FanoutError::Protocol(e.to_string()))?;
                 let r = &v["params"]["result"];
                 if let (Some(ts), Some(n)) =
@@ -119,7 +87,7 @@ async fn subscriber(
             } else if opcode == 8 {
                 return Err(FanoutError::Protocol("server closed the subscription".into()));
             }
-            buf.drain(..at + len);
+            buf.drain(..end);
         }
         let n = s.read(&mut chunk).await?;
         if n == 0 {

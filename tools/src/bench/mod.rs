@@ -4,16 +4,18 @@
 //! transaction before the clock starts, then drives them at a target rate (open loop, Poisson or
 //! constant arrivals) or with a fixed number in flight (closed loop), over HTTP
 //! `eth_sendRawTransaction` (latency to the receipt, found by polling), HTTP sync send
-//! (`eth_sendRawTransactionSync`: the answer is the receipt) or strobe's binary protocol (wait
-//! mode: the receipt is pushed back on the same connection). Open-loop latency counts from the
+//! (`eth_sendRawTransactionSync`: the answer is the receipt), the same over WebSocket, or
+//! strobe's binary protocol (wait mode: the receipt is pushed back on the same connection); the
+//! last two pipeline submissions on each connection ([`pipelined`]). Open-loop latency counts from the
 //! *scheduled* send time, so a client that falls behind shows up as latency instead of hiding
 //! it (no coordinated omission). Each sender's transactions go over one connection, in nonce
 //! order.
 //!
-//! Threads: one per connection (or per in-flight slot), plus a reader per binary connection in
-//! the open loop, one receipt poller for `http`, and the
+//! Threads: one per connection (or per in-flight slot), plus a reader per pipelined (binary or
+//! WebSocket) connection in the open loop, one receipt poller for `http`, and the
 //! calling thread for the progress bar.
 
+mod pipelined;
 pub mod report;
 pub mod txs;
 
@@ -39,6 +41,8 @@ pub enum Transport {
     /// strobe's binary protocol in wait mode: submissions pipelined on each connection, the
     /// receipt pushed back (`docs/binary-protocol.md`).
     Binary,
+    /// `eth_sendRawTransactionSync` over WebSocket, pipelined on each connection.
+    Ws,
 }
 
 /// How fast transactions are offered.
@@ -205,7 +209,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value, String> {
         Driver::Open { rate, .. } if cfg.connections == 0 => match cfg.transport {
             // A sync send holds its connection ~one mini-block: enough connections for the rate.
             Transport::HttpSync => ((rate * 0.03).ceil() as usize).clamp(4, 512),
-            Transport::Http | Transport::Binary => 8,
+            Transport::Http | Transport::Binary | Transport::Ws => 8,
         },
         Driver::Open { .. } => cfg.connections,
     }
@@ -233,10 +237,14 @@ pub fn run(cfg: &RunConfig) -> Result<Value, String> {
             .collect();
         let (shared, url, due) = (shared.clone(), cfg.rpc.clone(), due.clone());
         let (transport, open) = (cfg.transport, matches!(cfg.driver, Driver::Open { .. }));
-        handles.push(std::thread::spawn(move || {
-            if transport == Transport::Binary {
-                binary_lane(&shared, &url, mine, &due, open, stop_at)
-            } else {
+        handles.push(std::thread::spawn(move || match transport {
+            Transport::Binary => {
+                pipelined::lane::<pipelined::Binary>(&shared, &url, mine, &due, open, stop_at)
+            }
+            Transport::Ws => {
+                pipelined::lane::<pipelined::Ws>(&shared, &url, mine, &due, open, stop_at)
+            }
+            Transport::Http | Transport::HttpSync => {
                 lane_loop(&shared, &url, mine, &due, transport, open, stop_at)
             }
         }));
@@ -312,7 +320,7 @@ fn lane_loop(
             s[j].sent = true;
         }
         let method = match transport {
-            Transport::Http | Transport::Binary => "eth_sendRawTransaction",
+            Transport::Http | Transport::Binary | Transport::Ws => "eth_sendRawTransaction",
             Transport::HttpSync => "eth_sendRawTransactionSync",
         };
         match c.rpc(method, json!([raw])) {
@@ -320,7 +328,7 @@ fn lane_loop(
             Ok(v) if v.get("error").is_some() => shared.finish(j, Err(error_kind(&v))),
             Ok(v) => match transport {
                 Transport::HttpSync => shared.finish(j, Ok(())),
-                Transport::Http | Transport::Binary => {
+                Transport::Http | Transport::Binary | Transport::Ws => {
                     let hash = v["result"].as_str().unwrap_or_default().to_string();
                     if open {
                         shared.watch.lock().unwrap_or_else(|p| p.into_inner()).push_back((j, hash));
@@ -330,114 +338,6 @@ fn lane_loop(
                     }
                 }
             },
-        }
-    }
-}
-
-/// One lane over the binary protocol: submissions in wait mode, tagged with their index. In the
-/// open loop a reader thread takes the answers while this thread keeps to the schedule; in the
-/// closed loop the lane waits for each answer itself.
-fn binary_lane(
-    shared: &Shared,
-    url: &str,
-    mine: Vec<(usize, String)>,
-    due: &[u64],
-    open: bool,
-    stop_at: Instant,
-) {
-    use crate::binary_client::{BinaryClient, ServerMsg};
-    let fail_all = |why: &str| {
-        for (j, _) in &mine {
-            shared.samples.lock().unwrap_or_else(|p| p.into_inner())[*j].sent = true;
-            shared.finish(*j, Err(why.into()));
-        }
-    };
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(addr).ok().and_then(|mut a| a.next())
-    else {
-        return fail_all("bad address");
-    };
-    let Ok(mut client) = BinaryClient::connect(addr) else { return fail_all("cannot connect") };
-    // Finishes the sample an answer is for; returns false for answers that finish nothing.
-    let answer = |msg: ServerMsg| -> bool {
-        match msg {
-            ServerMsg::Receipt { tag, receipt } => {
-                let r = if receipt.success { Ok(()) } else { Err("reverted".to_string()) };
-                shared.finish(tag as usize, r);
-                true
-            }
-            ServerMsg::Rejected { tag, message, .. } => {
-                let kind = message.split(':').next().unwrap_or(&message).trim().to_string();
-                shared.finish(tag as usize, Err(kind));
-                true
-            }
-            _ => false,
-        }
-    };
-    let expected = mine.len();
-    if open {
-        let Ok(mut rx) = client.try_clone() else { return fail_all("cannot clone the socket") };
-        let _ = rx.set_timeout(Duration::from_millis(200));
-        let give_up = stop_at + Duration::from_secs(30);
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(move || {
-                let mut done = 0;
-                while done < expected && Instant::now() < give_up {
-                    match rx.recv() {
-                        Ok(Some(msg)) => done += answer(msg) as usize,
-                        Ok(None) => break,
-                        Err(_) => continue, // read timeout: check the deadline
-                    }
-                }
-            });
-            for (j, raw) in &mine {
-                let at = shared.start + Duration::from_micros(due[*j]);
-                if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                {
-                    let mut s = shared.samples.lock().unwrap_or_else(|p| p.into_inner());
-                    s[*j].due_us = due[*j];
-                    s[*j].sent = true;
-                }
-                let bytes = alloy_primitives::hex::decode(raw).unwrap_or_default();
-                client.queue_submit(*j as u64, &bytes, true);
-                if client.flush().is_err() {
-                    shared.finish(*j, Err("transport: send".into()));
-                }
-            }
-            let _ = handle.join();
-        });
-        return;
-    }
-    for (j, raw) in mine {
-        if Instant::now() >= stop_at {
-            break;
-        }
-        {
-            let now = shared.now_us();
-            let mut s = shared.samples.lock().unwrap_or_else(|p| p.into_inner());
-            s[j].due_us = now;
-            s[j].sent = true;
-        }
-        let bytes = alloy_primitives::hex::decode(&raw).unwrap_or_default();
-        client.queue_submit(j as u64, &bytes, true);
-        if client.flush().is_err() {
-            shared.finish(j, Err("transport: send".into()));
-            continue;
-        }
-        loop {
-            match client.recv() {
-                Ok(Some(msg)) => {
-                    if answer(msg) {
-                        break;
-                    }
-                }
-                _ => {
-                    shared.finish(j, Err("transport: receive".into()));
-                    break;
-                }
-            }
         }
     }
 }

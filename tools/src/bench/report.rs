@@ -134,6 +134,7 @@ pub fn summarize(
                 Transport::Http => "http",
                 Transport::HttpSync => "http-sync",
                 Transport::Binary => "binary",
+                Transport::Ws => "ws",
             },
             "duration_s": cfg.duration.as_secs_f64(),
             "seed": cfg.seed,

@@ -45,6 +45,8 @@ enum TransportArg {
     HttpSync,
     /// strobe's binary protocol (raw transactions, receipts pushed back; strobe only).
     Binary,
+    /// eth_sendRawTransactionSync over WebSocket, pipelined on each connection.
+    Ws,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -171,6 +173,7 @@ fn config(rpc: String, pid: Option<u32>, a: &LoadArgs) -> Result<RunConfig, Stri
             TransportArg::Http => Transport::Http,
             TransportArg::HttpSync => Transport::HttpSync,
             TransportArg::Binary => Transport::Binary,
+            TransportArg::Ws => Transport::Ws,
         },
         duration: a.duration,
         connections: a.connections,
