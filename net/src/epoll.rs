@@ -25,9 +25,6 @@ const MAX_EVENTS: usize = 256;
 /// Longest the loop sleeps before checking the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_WAKE: u64 = u64::MAX - 1;
 
@@ -196,7 +193,7 @@ impl EpollDriver {
                         // watching it for a moment.
                         tracing::warn!("out of file descriptors; pausing accepts for 100 ms");
                         ctl(self.epfd, libc::EPOLL_CTL_DEL, self.listener.as_raw_fd(), 0, 0)?;
-                        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                        self.accept_paused_until = Some(Instant::now() + sys::ACCEPT_PAUSE);
                         Ok(())
                     }
                     Some(libc::EBADF) | Some(libc::EINVAL) | Some(libc::ENOTSOCK) => Err(e),

@@ -1,6 +1,10 @@
 //! Small wrappers over the system calls both drivers share: the wake eventfd and socket options.
 
-use std::{io, os::fd::RawFd};
+use std::{io, os::fd::RawFd, time::Duration};
+
+/// How long a driver stops accepting when the process is out of file descriptors (retrying at
+/// once would fail again at once, forever).
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// An eventfd that wakes a network thread; open while any engine callback can write to it.
 pub struct EventFd(pub RawFd);

@@ -37,8 +37,6 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 fn user_data(op: u64, slot: u32, gen: u32) -> u64 {
     (op << 56) | (((gen & 0x00FF_FFFF) as u64) << 32) | slot as u64
@@ -246,7 +244,7 @@ impl UringDriver {
                 } else if res == -libc::EMFILE || res == -libc::ENFILE {
                     // Out of descriptors: re-arming now would fail again at once, forever.
                     tracing::warn!("out of file descriptors; pausing accepts for 100 ms");
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    self.accept_paused_until = Some(Instant::now() + sys::ACCEPT_PAUSE);
                     return Ok(());
                 } else if res != -libc::ECANCELED {
                     tracing::debug!(error = res, "accept failed");
