@@ -7,6 +7,9 @@
 #   3. miniBlocks fan-out to N WebSocket subscribers: delivery latency p50/p99 (strobe only; anvil
 #      has no mini-blocks).
 # Usage: tools/net-bench.sh [seconds per run, default 10] [subscribers, default 1000]
+# Environment: SERVER_CPUS (default 0) and CLIENT_CPUS (default 1) are taskset lists; strobe runs
+# one network thread per server CPU (so on a bigger machine `SERVER_CPUS=0-3 CLIENT_CPUS=4-7`
+# spreads 1,000 subscribers over 4 network cores). The HTTP runs use the first server CPU only.
 # Installs what it needs: wrk (apt), anvil (npm, tests/js), release builds of strobe and tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +26,17 @@ fi
 STROBE="${CARGO_TARGET_DIR:-$PWD/target}/release/strobe"
 TOOLS="${CARGO_TARGET_DIR:-$PWD/target}/release/strobe-tools"
 CPUS=$(nproc)
-SERVER_CPU=0
-CLIENT_CPU=$((CPUS > 1 ? 1 : 0))
+SERVER_CPUS="${SERVER_CPUS:-0}"
+CLIENT_CPUS="${CLIENT_CPUS:-$((CPUS > 1 ? 1 : 0))}"
+SERVER_CPU="${SERVER_CPUS%%[-,]*}"
+CLIENT_CPU="$CLIENT_CPUS"
+SEQ_CPU="${CLIENT_CPUS%%[-,]*}"
+# Expand a taskset list (0-3,6) into a count of CPUs.
+count_cpus() { python3 -c 'import sys; n=0
+for p in sys.argv[1].split(","):
+    a,_,b=p.partition("-"); n+=int(b or a)-int(a)+1
+print(n)' "$1"; }
+FANOUT_THREADS=$(count_cpus "$SERVER_CPUS")
 ulimit -n 65536 2>/dev/null || true
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -74,7 +86,7 @@ CID='{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}'
 echo "# $(date -u +%F) $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}') x$CPUS; server CPU $SERVER_CPU, client CPU $CLIENT_CPU, ${SECS}s runs, $CONNS connections"
 
 SP=$(free_port)
-"$STROBE" dev --quiet --port "$SP" --net-threads 1 --recovery-threads 0 --cores "net=$SERVER_CPU,seq=$CLIENT_CPU" >/dev/null 2>&1 &
+"$STROBE" dev --quiet --port "$SP" --net-threads 1 --recovery-threads 0 --cores "net=$SERVER_CPU,seq=$SEQ_CPU" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_rpc "$SP"
 AP=$(free_port)
@@ -89,4 +101,10 @@ done
 run_wrk strobe "$SP" "$BAL" 16
 run_wrk anvil "$AP" "$BAL" 16
 
-taskset -c "$CLIENT_CPU" "$TOOLS" ws-fanout --addr "127.0.0.1:$SP" --subscribers "$SUBS" --seconds "$SECS"
+# Fan-out: a node with one network thread per server CPU.
+FP=$(free_port)
+"$STROBE" dev --quiet --port "$FP" --net-threads "$FANOUT_THREADS" --recovery-threads 0 \
+  --cores "net=${SERVER_CPUS//,/+},seq=$SEQ_CPU" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_rpc "$FP"
+taskset -c "$CLIENT_CPU" "$TOOLS" ws-fanout --addr "127.0.0.1:$FP" --subscribers "$SUBS" --seconds "$SECS"
