@@ -658,6 +658,9 @@ fn every_limit_is_enforced_and_counted() {
         }
         assert!((5..=6).contains(&refused), "{backend}: {refused} of 45 refused at a limit of 40");
         assert!(count("connection_limit") >= 5);
+        // The queue gauges are there (and empty with no load).
+        assert_eq!(metric(&metrics, "strobe_recovery_queue_depth"), 0);
+        assert_eq!(metric(&metrics, "strobe_intake_queue_depth"), 0);
     }
 }
 

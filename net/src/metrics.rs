@@ -133,6 +133,8 @@ pub struct Metrics {
     /// From a sync send's arrival to its receipt leaving (`eth_sendRawTransactionSync`,
     /// `realtime_sendRawTransaction`, binary wait mode).
     pub sync_send_latency: Histogram,
+    /// The sender-recovery workers, for their queue depth (set once the server starts).
+    pub recovery: std::sync::OnceLock<Arc<crate::recovery::SenderRecovery>>,
 }
 
 const INTERVAL_BOUNDS_MS: &[f64] =
@@ -156,6 +158,7 @@ impl Default for Metrics {
             errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
             mini_block_interval: Histogram::new(INTERVAL_BOUNDS_MS),
             sync_send_latency: Histogram::new(LATENCY_BOUNDS_MS),
+            recovery: std::sync::OnceLock::new(),
         }
     }
 }
@@ -179,7 +182,8 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let depths = engine.queue_depths();
-        let scalars: [(&str, &str, &str, u64); 11] = [
+        let recovery_queued = self.recovery.get().map_or(0, |r| r.queued() as u64);
+        let scalars: [(&str, &str, &str, u64); 12] = [
             (
                 "strobe_net_connections_accepted_total",
                 "counter",
@@ -241,6 +245,12 @@ impl Metrics {
                 depths.intake as u64,
             ),
             ("strobe_pool_transactions", "gauge", "Transactions in the pool.", depths.pool as u64),
+            (
+                "strobe_recovery_queue_depth",
+                "gauge",
+                "Transactions waiting for sender recovery.",
+                recovery_queued,
+            ),
         ];
         for (name, kind, help, v) in scalars {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -72,6 +72,11 @@ impl SenderRecovery {
         Ok(Self { queues, threads: handles })
     }
 
+    /// Transactions waiting for a worker, over all workers.
+    pub fn queued(&self) -> usize {
+        self.queues.iter().map(|q| q.len()).sum()
+    }
+
     /// Queues `job` on the worker of `route` (a connection's identity).
     pub fn submit(&self, route: usize, job: RecoveryJob) -> Result<(), TxError> {
         let queue = &self.queues[route % self.queues.len()];

@@ -349,6 +349,11 @@ impl Rpc {
         Ok(self)
     }
 
+    /// The sender-recovery workers, if recovery runs off the network threads.
+    pub fn recovery(&self) -> Option<&Arc<crate::recovery::SenderRecovery>> {
+        self.recovery.as_ref()
+    }
+
     /// The engine served.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

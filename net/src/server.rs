@@ -117,6 +117,9 @@ pub fn serve(
     raise_fd_limit(config.threads.max(1) * config.limits.max_connections + 256);
     let rpc = Rpc::new(engine, accounts)
         .with_recovery(config.recovery_threads, &config.recovery_cores)?;
+    if let Some(r) = rpc.recovery() {
+        let _ = metrics.recovery.set(r.clone());
+    }
     let addr = listener.local_addr()?;
     let mut listeners = vec![listener];
     for _ in 1..config.threads.max(1) {
