@@ -638,8 +638,14 @@ fn every_limit_is_enforced_and_counted() {
         assert_eq!(count("subscription_limit"), 1);
         drop(ws);
 
-        // Connections: 40 per network thread; past that, 503.
-        std::thread::sleep(Duration::from_millis(200)); // the closes above reach the server
+        // Connections: 40 per network thread; past that, 503. First every connection above must
+        // be gone (closes are asynchronous; a WebSocket the server closed may wait up to 2 s for
+        // the client's Close).
+        let started = Instant::now();
+        while metric(&metrics, "strobe_net_connections_open") > 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "{backend}: connections linger");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let conns: Vec<TcpStream> = (0..45).map(|_| TcpStream::connect(&a).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(500));
         let mut refused = 0;

@@ -191,6 +191,9 @@ struct Session {
     no_more_requests: bool,
     /// The peer closed its sending side: answer what was asked, then close.
     read_closed: bool,
+    /// This side sent a WebSocket Close first and waits (until `behind_deadline`) for the
+    /// client's, reading and dropping everything else (RFC 6455 §7.1.1).
+    ws_close_sent: bool,
     continue_sent: bool,
     last_input: Instant,
     partial_since: Option<Instant>,
@@ -319,6 +322,7 @@ impl Hub {
             kill: false,
             no_more_requests: false,
             read_closed: false,
+            ws_close_sent: false,
             continue_sent: false,
             last_input: now,
             partial_since: None,
@@ -685,16 +689,32 @@ impl Hub {
             Ok(None) => return false,
             Ok(Some(f)) => f,
             Err(e) => {
+                if s.ws_close_sent {
+                    // Already closing: the stream cannot be read any further.
+                    s.inbuf.clear();
+                    s.close_after_flush = true;
+                    return false;
+                }
                 metrics.error(match e {
                     ws::FrameError::TooBig(_) => ErrorKind::WsTooBig,
                     ws::FrameError::Protocol(_) => ErrorKind::WsProtocol,
                 });
                 tracing::debug!(error = %e, "closing a WebSocket");
                 close_ws(s, e.close_code(), &e.to_string());
+                s.inbuf.clear();
                 return false;
             }
         };
         s.inbuf.consume(used);
+        if s.ws_close_sent {
+            // Waiting for the client's Close: it ends the connection, everything else is dropped.
+            if frame.opcode == Opcode::Close {
+                s.inbuf.clear();
+                s.close_after_flush = true;
+                return false;
+            }
+            return true;
+        }
         let Mode::WebSocket { fragments } = &mut s.mode else { return false };
         let message = match frame.opcode {
             Opcode::Ping => {
@@ -704,10 +724,16 @@ impl Hub {
             Opcode::Pong => return true,
             Opcode::Close => {
                 match ws::close_code(&frame.payload) {
-                    Ok(code) => close_ws(s, code, ""),
+                    // The client closes first: echo its code and close once it is written.
+                    Ok(code) => {
+                        ws::write_close(&mut s.out, code, "");
+                        s.close_after_flush = true;
+                        s.inbuf.clear();
+                    }
                     Err(e) => {
                         metrics.error(ErrorKind::WsProtocol);
-                        close_ws(s, e.close_code(), &e.to_string())
+                        close_ws(s, e.close_code(), &e.to_string());
+                        s.inbuf.clear();
                     }
                 }
                 return false;
@@ -1065,7 +1091,7 @@ impl Hub {
             let Some(s) = self.sessions.get_mut(d.slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            if s.gen != d.gen || s.close_after_flush || s.kill {
+            if s.gen != d.gen || s.close_after_flush || s.kill || s.ws_close_sent {
                 continue;
             }
             let len = subs::notification_len(payload.len());
@@ -1331,12 +1357,19 @@ impl Deliveries {
     }
 }
 
+/// How long the server waits for the client's Close after sending its own.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts the closing handshake from this side: sends Close with `code` and keeps reading until
+/// the client's Close (then the connection closes) or [`CLOSE_HANDSHAKE_WAIT`] (then it is cut).
+/// Waiting lets clients read the code instead of seeing the socket vanish (1006).
 fn close_ws(s: &mut Session, code: u16, reason: &str) {
-    if !s.close_after_flush {
-        ws::write_close(&mut s.out, code, reason);
-        s.close_after_flush = true;
+    if s.ws_close_sent || s.close_after_flush {
+        return;
     }
-    s.inbuf.clear();
+    ws::write_close(&mut s.out, code, reason);
+    s.ws_close_sent = true;
+    s.behind_deadline.get_or_insert(Instant::now() + CLOSE_HANDSHAKE_WAIT);
 }
 
 fn rejected(tag: u64, e: &RpcError) -> ServerMsg {
