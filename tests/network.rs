@@ -723,3 +723,56 @@ fn http_pipelining_half_close_connection_close_and_head() {
         );
     }
 }
+
+/// Garbage on the socket, in every protocol state (raw, after a WebSocket upgrade, after the
+/// binary preface), split at random points and sent over many connections at once: the server
+/// answers or closes each connection, never crashes, and still serves requests afterwards.
+#[test]
+fn garbage_in_every_protocol_state_never_takes_the_server_down() {
+    // A small deterministic generator: the test needs variety, not a dependency.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for backend in BACKENDS {
+        let node = node(backend, &["--request-timeout", "1s"]);
+        let a = addr(&node);
+        let mut conns = Vec::new();
+        for i in 0..150 {
+            let len = (next() % 3000) as usize;
+            let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Seed some of it with the start of each protocol so the parsers get past the door.
+            let door: &[u8] = match i % 5 {
+                0 => b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n",
+                1 => b"STROBE\x00\x01",
+                2 => b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                3 => b"STROBE\x00\x01\x05\x00\x00\x00\x03",
+                _ => b"",
+            };
+            junk.splice(0..0, door.iter().copied());
+            let mut s = TcpStream::connect(&a).unwrap();
+            s.set_nodelay(true).unwrap();
+            // Sent in pieces, so frames and requests straddle reads.
+            let mut at = 0;
+            while at < junk.len() {
+                let n = ((next() % 700) as usize + 1).min(junk.len() - at);
+                if s.write_all(&junk[at..at + n]).is_err() {
+                    break; // the server already closed it: fine
+                }
+                at += n;
+            }
+            conns.push(s);
+        }
+        // Every connection ends within the request timeout (plus slack) or is answered.
+        for mut s in conns {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        let v = common::rpc(&node.url, "eth_chainId", json!([]));
+        assert_eq!(v["result"], json!("0x7a69"), "{backend}: the server still answers");
+    }
+}
