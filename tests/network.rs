@@ -622,6 +622,14 @@ fn every_limit_is_enforced_and_counted() {
         assert_eq!(ws.answer(5)["result"], json!("0x7a69"));
         ws.send_frame(true, 8, &1000u16.to_be_bytes(), true);
         assert_eq!(ws.close_code(), Some(1000));
+        // A call and a Close in one write: the answer comes first, nothing after the Close.
+        let mut ws = RawWs::connect(&a);
+        let call = json!({"jsonrpc":"2.0","id":6,"method":"eth_chainId"}).to_string();
+        ws.send_frame(true, 1, call.as_bytes(), true);
+        ws.send_frame(true, 8, &1000u16.to_be_bytes(), true);
+        assert_eq!(ws.answer(6)["result"], json!("0x7a69"), "{backend}");
+        assert_eq!(ws.close_code(), Some(1000), "{backend}");
+        assert!(ws.recv().is_none(), "{backend}: a frame after the Close");
 
         // Subscriptions per connection: the 129th is refused with -32005.
         let mut ws = RawWs::connect(&a);

@@ -289,6 +289,7 @@ impl EpollDriver {
             };
             if n >= 0 {
                 c.sent += n as usize;
+                self.hub.sent(slot);
                 continue;
             }
             let e = io::Error::last_os_error();

@@ -155,7 +155,9 @@ impl Input {
         self.buf.len() - self.pos
     }
     fn extend(&mut self, data: &[u8]) {
-        if self.pos > 0 {
+        // Compact only once at least half the buffer is consumed, so held-back input is moved
+        // a bounded number of times.
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
@@ -194,6 +196,8 @@ struct Session {
     /// This side sent a WebSocket Close first and waits (until `behind_deadline`) for the
     /// client's, reading and dropping everything else (RFC 6455 §7.1.1).
     ws_close_sent: bool,
+    /// Closing after the flush: cut the connection if no byte was taken until then.
+    flush_deadline: Option<Instant>,
     continue_sent: bool,
     last_input: Instant,
     partial_since: Option<Instant>,
@@ -323,6 +327,7 @@ impl Hub {
             no_more_requests: false,
             read_closed: false,
             ws_close_sent: false,
+            flush_deadline: None,
             continue_sent: false,
             last_input: now,
             partial_since: None,
@@ -358,6 +363,17 @@ impl Hub {
         if self.pending.is_some() && !self.subs.wants_pending() {
             // Dropping the receiver ends the engine's feed at its next admission.
             self.pending = None;
+        }
+    }
+
+    /// The driver wrote some of connection `slot`'s output: a connection closing after its flush
+    /// gets a new deadline while the peer keeps taking bytes.
+    pub fn sent(&mut self, slot: u32) {
+        let timeout = self.limits.request_timeout;
+        if let Some(s) = self.session(slot) {
+            if s.flush_deadline.is_some() {
+                s.flush_deadline = Some(Instant::now() + timeout);
+            }
         }
     }
 
@@ -529,14 +545,14 @@ impl Hub {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let keep_alive = req.keep_alive;
-                // Requests after one that closes the connection are never answered: don't run them.
-                s.no_more_requests |= !keep_alive;
                 if let Some(key) =
                     req.websocket_key.as_deref().filter(|_| req.method == Method::Get)
                 {
                     if !s.responses.is_empty() {
                         // Answered in its turn, after the requests before it.
                         s.no_more_requests = true;
+                        s.inbuf.clear();
+                        s.partial_since = None;
                         let refusal = plain(
                             "400 Bad Request",
                             b"upgrade while requests are pending\n",
@@ -549,6 +565,13 @@ impl Hub {
                     s.mode = Mode::WebSocket { fragments: None };
                     metrics.websocket_upgrades.fetch_add(1, Ordering::Relaxed);
                     return true;
+                }
+                if !keep_alive {
+                    // Requests after one that closes the connection are never answered: don't
+                    // run them, and don't hold their bytes (a 408 must not replace the answer).
+                    s.no_more_requests = true;
+                    s.inbuf.clear();
+                    s.partial_since = None;
                 }
                 let body = match req.method {
                     Method::Post => {
@@ -726,6 +749,7 @@ impl Hub {
                 match ws::close_code(&frame.payload) {
                     // The client closes first: echo its code and close once it is written.
                     Ok(code) => {
+                        flush_ready_ws(s);
                         ws::write_close(&mut s.out, code, "");
                         s.close_after_flush = true;
                         s.inbuf.clear();
@@ -1183,8 +1207,16 @@ impl Hub {
                 continue;
             }
             if s.close_after_flush {
-                // A peer that never takes its last answer (zero window) must not hold the slot.
-                s.behind_deadline = Some(now + limits.request_timeout);
+                // A peer that never takes its last answer (zero window) must not hold the slot;
+                // one that keeps taking it gets more time (see `Hub::sent`).
+                match s.flush_deadline {
+                    None => s.flush_deadline = Some(now + limits.request_timeout),
+                    Some(d) if now >= d => {
+                        s.kill = true;
+                        touched.push(i as u32);
+                    }
+                    Some(_) => {}
+                }
                 continue;
             }
             let idle = now.duration_since(s.last_input);
@@ -1247,7 +1279,8 @@ impl Hub {
     /// Drops deadlines of calls already answered once they outnumber the calls still waiting
     /// (each send leaves one behind, and most are answered long before it).
     fn compact_deadlines(&mut self) {
-        if self.deadlines.len() < 4096 {
+        let responses: usize = self.sessions.iter().flatten().map(|s| s.responses.len()).sum();
+        if self.deadlines.len() < 4096 || self.deadlines.len() <= 2 * responses {
             return;
         }
         let waiting: std::collections::HashSet<(u32, u32, u64)> = self
@@ -1357,6 +1390,21 @@ impl Deliveries {
     }
 }
 
+/// Before a Close goes out: answers already made go first, and those still waiting are dropped
+/// (nothing may follow a Close frame).
+fn flush_ready_ws(s: &mut Session) {
+    for resp in s.responses.drain(..) {
+        if let Pending::Rpc(d) = &resp.body {
+            if d.is_ready() {
+                let body = d.body();
+                if !body.is_empty() {
+                    ws::write_frame(&mut s.out, Opcode::Text, &body);
+                }
+            }
+        }
+    }
+}
+
 /// How long the server waits for the client's Close after sending its own.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 
@@ -1367,6 +1415,7 @@ fn close_ws(s: &mut Session, code: u16, reason: &str) {
     if s.ws_close_sent || s.close_after_flush {
         return;
     }
+    flush_ready_ws(s);
     ws::write_close(&mut s.out, code, reason);
     s.ws_close_sent = true;
     s.behind_deadline.get_or_insert(Instant::now() + CLOSE_HANDSHAKE_WAIT);

@@ -299,6 +299,9 @@ impl UringDriver {
                     return Ok(());
                 }
                 c.sent += res as usize;
+                if res > 0 {
+                    self.hub.sent(slot);
+                }
                 self.service(slot)?;
             }
             _ => {}
