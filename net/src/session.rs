@@ -1435,3 +1435,158 @@ fn plain(status: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
     http::write_response(&mut out, status, "text/plain", body, keep_alive);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+    use strobe_engine::{
+        config::{ChainConfig, Genesis},
+        storage::MemoryStore,
+        Engine,
+    };
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    fn engine() -> Arc<Engine> {
+        static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| {
+                let e = Engine::start(
+                    ChainConfig::default(),
+                    &Genesis::default(),
+                    Box::new(MemoryStore::new()),
+                )
+                .unwrap();
+                Arc::new(e)
+            })
+            .clone()
+    }
+
+    fn hub(limits: Limits) -> Hub {
+        let rpc = Rpc::new(engine(), Vec::new());
+        Hub::new(rpc, 0, limits, Arc::new(Metrics::default()), Arc::new(NoWake))
+    }
+
+    /// What a driver may do to the hub, on connection `usize` (taken modulo the open ones).
+    #[derive(Clone, Debug)]
+    enum Op {
+        Accept,
+        Input(usize, Vec<u8>),
+        Eof(usize),
+        Drain(usize),
+        Close(usize),
+        Wake,
+        Timer,
+    }
+
+    /// Inputs that get past each protocol's door: parts of real requests, upgrades, frames and
+    /// the binary preface, and random bytes.
+    fn input() -> impl Strategy<Value = Vec<u8>> {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#;
+        let mut http =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", call.len()).into_bytes();
+        http.extend_from_slice(call);
+        let upgrade = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        let mut frame = vec![0x81, 0x80 | call.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(call);
+        let sub = br#"{"jsonrpc":"2.0","id":2,"method":"eth_subscribe","params":["miniBlocks"]}"#;
+        let mut subscribe = vec![0x81, 0x80 | sub.len() as u8, 0, 0, 0, 0];
+        subscribe.extend_from_slice(sub);
+        let mut binary = b"STROBE\x00\x01".to_vec();
+        crate::binary::encode_client(&crate::binary::ClientMsg::Ping(7), &mut binary);
+        crate::binary::encode_client(
+            &crate::binary::ClientMsg::Subscribe { feeds: 1 },
+            &mut binary,
+        );
+        let pieces = vec![http, upgrade, frame, subscribe, binary, b"\x88\x80\0\0\0\0".to_vec()];
+        prop_oneof![
+            proptest::sample::select(pieces.clone()),
+            (proptest::sample::select(pieces), any::<prop::sample::Index>())
+                .prop_map(|(p, cut)| p[..cut.index(p.len() + 1)].to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => Just(Op::Accept),
+            6 => (any::<usize>(), input()).prop_map(|(c, b)| Op::Input(c, b)),
+            1 => any::<usize>().prop_map(Op::Eof),
+            3 => any::<usize>().prop_map(Op::Drain),
+            1 => any::<usize>().prop_map(Op::Close),
+            1 => Just(Op::Wake),
+            1 => Just(Op::Timer),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        /// Any sequence of driver events leaves the hub consistent: no panic, the connection
+        /// count right, closed connections forgotten, output bounded by the queue limit (plus one
+        /// answer), and a connection the hub wants closed stays closed to input.
+        #[test]
+        fn driver_events_keep_the_hub_consistent(ops in proptest::collection::vec(op(), 1..60)) {
+            let limits = Limits { max_connections: 4, max_outbound_bytes: 64 * 1024, ..Limits::default() };
+            let mut h = hub(limits.clone());
+            let mut open: Vec<u32> = Vec::new();
+            for op in ops {
+                let pick = |i: usize| (!open.is_empty()).then(|| open[i % open.len()]);
+                match op {
+                    Op::Accept => match h.accept() {
+                        Some((slot, _)) => {
+                            prop_assert!(open.len() < limits.max_connections);
+                            prop_assert!(!open.contains(&slot), "slot {} handed out twice", slot);
+                            open.push(slot);
+                        }
+                        None => prop_assert_eq!(open.len(), limits.max_connections),
+                    },
+                    Op::Input(i, bytes) => {
+                        if let Some(slot) = pick(i) {
+                            if h.want(slot).read {
+                                h.on_input(slot, &bytes);
+                            }
+                        }
+                    }
+                    Op::Eof(i) => {
+                        if let Some(slot) = pick(i) {
+                            h.eof(slot);
+                            prop_assert!(!h.want(slot).read, "reading after end of stream");
+                        }
+                    }
+                    Op::Drain(i) => {
+                        if let Some(slot) = pick(i) {
+                            let mut out = Vec::new();
+                            h.take_output(slot, &mut out);
+                            prop_assert!(out.len() <= limits.max_outbound_bytes + 64 * 1024);
+                            let want = h.want(slot);
+                            if want.close_now || (want.close_after_flush && !h.has_output(slot)) {
+                                h.closed(slot);
+                                open.retain(|s| *s != slot);
+                            }
+                        }
+                    }
+                    Op::Close(i) => {
+                        if let Some(slot) = pick(i) {
+                            h.closed(slot);
+                            open.retain(|s| *s != slot);
+                        }
+                    }
+                    Op::Wake => h.on_wake(),
+                    Op::Timer => h.on_timer(),
+                }
+                prop_assert_eq!(h.open, open.len());
+                let _ = h.take_dirty();
+            }
+            for slot in open {
+                h.closed(slot);
+            }
+            prop_assert_eq!(h.open, 0);
+            prop_assert!(h.subs.is_empty(), "subscriptions outlived their connections");
+        }
+    }
+}
