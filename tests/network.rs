@@ -23,7 +23,10 @@ use std::{
     net::TcpStream,
     time::{Duration, Instant},
 };
-use strobe_tools::binary_client::{BinaryClient, ClientMsg, ServerMsg};
+use strobe_tools::{
+    binary_client::{BinaryClient, ClientMsg, ServerMsg},
+    ws_client,
+};
 
 sol! {
     #[sol(rpc)]
@@ -86,12 +89,7 @@ impl RawWs {
 
     fn connect_with(mut stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream
-            .write_all(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .unwrap();
+        stream.write_all(ws_client::HANDSHAKE).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -134,23 +132,11 @@ impl RawWs {
     /// The next frame, or `None` at end of stream.
     fn recv(&mut self) -> Option<WsFrame> {
         loop {
-            if self.buf.len() >= 2 {
-                let op = self.buf[0] & 0x0F;
-                let (len, at) = match self.buf[1] & 0x7F {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => {
-                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((op, payload));
-                }
+            if let Some((op, range)) = ws_client::server_frame(&self.buf) {
+                let end = range.end;
+                let payload = self.buf[range].to_vec();
+                self.buf.drain(..end);
+                return Some((op, payload));
             }
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {

@@ -525,8 +525,12 @@ impl Hub {
     }
 
     fn process_http(&mut self, slot: u32) -> bool {
-        let metrics = self.metrics.clone();
-        let Some(s) = self.session(slot) else { return false };
+        // Field borrows, not `self.session()`: `metrics` stays borrowed beside the session
+        // instead of being cloned (an atomic on a count all network threads share) per request.
+        let metrics = &*self.metrics;
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return false;
+        };
         if s.responses.len() >= MAX_PIPELINED {
             return false;
         }
@@ -661,7 +665,7 @@ impl Hub {
         let gen = self.sessions[slot as usize].as_ref().map_or(0, |s| s.gen);
         let callbacks = self.callbacks(slot, gen, seq);
         self.rpc.set_route(slot as usize);
-        let metrics = self.metrics.clone();
+        let metrics = &*self.metrics;
         let subs = &mut self.subs;
         let mut wants_pending = false;
         let dispatched = if websocket {
@@ -706,8 +710,10 @@ impl Hub {
     }
 
     fn process_ws(&mut self, slot: u32) -> bool {
-        let metrics = self.metrics.clone();
-        let Some(s) = self.session(slot) else { return false };
+        let metrics = &*self.metrics;
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return false;
+        };
         let (frame, used) = match ws::parse_client_frame(s.inbuf.pending()) {
             Ok(None) => return false,
             Ok(Some(f)) => f,
@@ -810,8 +816,10 @@ impl Hub {
     }
 
     fn process_binary(&mut self, slot: u32) -> bool {
-        let metrics = self.metrics.clone();
-        let Some(s) = self.session(slot) else { return false };
+        let metrics = &*self.metrics;
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return false;
+        };
         let parsed = binary::parse_frame(s.inbuf.pending()).and_then(|f| {
             f.map(|(kind, body, used)| Ok((binary::decode_client(kind, body)?, used))).transpose()
         });
@@ -1078,25 +1086,12 @@ impl Hub {
     fn send_feed(&mut self, slot: u32, frame: &[u8]) {
         let limit = self.limits.max_outbound_bytes;
         let grace = self.limits.slow_close_grace;
-        let metrics = self.metrics.clone();
-        let Some(s) = self.session(slot) else { return };
+        let metrics = &*self.metrics;
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
         if s.out.len() + frame.len() > limit {
-            metrics.error(ErrorKind::SlowConsumer);
-            tracing::warn!(
-                slot,
-                queued = s.out.len(),
-                "disconnecting a binary feed client that fell behind"
-            );
-            s.out.clear();
-            binary::encode_server(
-                &ServerMsg::Error {
-                    code: binary::ERROR_TOO_SLOW,
-                    message: "fell behind the feed".into(),
-                },
-                &mut s.out,
-            );
-            s.close_after_flush = true;
-            s.behind_deadline = Some(Instant::now() + grace);
+            cut_off_slow(s, slot, metrics, grace);
         } else {
             s.out.extend_from_slice(frame);
             metrics.notifications.fetch_add(1, Ordering::Relaxed);
@@ -1120,17 +1115,7 @@ impl Hub {
             }
             let len = subs::notification_len(payload.len());
             if s.out.len() + len > limit {
-                self.metrics.error(ErrorKind::SlowConsumer);
-                tracing::warn!(
-                    slot = d.slot,
-                    queued = s.out.len(),
-                    "disconnecting a WebSocket subscriber that fell behind"
-                );
-                // `out` holds whole frames only (what is being sent was taken already), so it
-                // can be dropped at a frame boundary.
-                s.out.clear();
-                close_ws(s, ws::CLOSE_POLICY, "subscriber fell behind");
-                s.behind_deadline = Some(Instant::now() + grace);
+                cut_off_slow(s, d.slot, &self.metrics, grace);
             } else {
                 ws::write_frame_header(&mut s.out, Opcode::Text, len);
                 subs::write_notification(&mut s.out, &d.id, payload);
@@ -1299,8 +1284,10 @@ impl Hub {
     /// Moves every ready response into the output: HTTP in request order, WebSocket and binary
     /// answers as soon as each is ready.
     fn flush(&mut self, slot: u32) {
-        let metrics = self.metrics.clone();
-        let Some(s) = self.session(slot) else { return };
+        let metrics = &*self.metrics;
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let in_order = matches!(s.mode, Mode::Http | Mode::Sniff);
         let mut i = 0;
         while i < s.responses.len() {
@@ -1324,12 +1311,10 @@ impl Hub {
             match resp.body {
                 Pending::Bytes(b) => s.out.extend_from_slice(&b),
                 Pending::Rpc(d) => {
-                    let body = d.body();
                     if matches!(s.mode, Mode::WebSocket { .. }) {
-                        if !body.is_empty() {
-                            ws::write_frame(&mut s.out, Opcode::Text, &body);
-                        }
+                        write_ws_reply(&mut s.out, &d);
                     } else {
+                        let body = d.body();
                         http::write_response(
                             &mut s.out,
                             "200 OK",
@@ -1390,18 +1375,50 @@ impl Deliveries {
     }
 }
 
+/// Disconnects a subscriber (WebSocket or binary feed) whose queued output would pass the
+/// limit: what it has not taken is dropped (`out` holds whole frames only; what is being sent was
+/// taken already, so the cut is at a frame boundary), it gets its protocol's goodbye (close 1008,
+/// or error frame 3), and `grace` to take it before the socket is closed under it.
+fn cut_off_slow(s: &mut Session, slot: u32, metrics: &Metrics, grace: Duration) {
+    metrics.error(ErrorKind::SlowConsumer);
+    let is_binary = matches!(s.mode, Mode::Binary { .. });
+    tracing::warn!(
+        slot,
+        binary = is_binary,
+        queued = s.out.len(),
+        "disconnecting a subscriber that fell behind"
+    );
+    s.out.clear();
+    if is_binary {
+        let goodbye = ServerMsg::Error {
+            code: binary::ERROR_TOO_SLOW,
+            message: "fell behind the feed".into(),
+        };
+        binary::encode_server(&goodbye, &mut s.out);
+        s.close_after_flush = true;
+    } else {
+        close_ws(s, ws::CLOSE_POLICY, "subscriber fell behind");
+    }
+    s.behind_deadline = Some(Instant::now() + grace);
+}
+
 /// Before a Close goes out: answers already made go first, and those still waiting are dropped
 /// (nothing may follow a Close frame).
 fn flush_ready_ws(s: &mut Session) {
     for resp in s.responses.drain(..) {
         if let Pending::Rpc(d) = &resp.body {
             if d.is_ready() {
-                let body = d.body();
-                if !body.is_empty() {
-                    ws::write_frame(&mut s.out, Opcode::Text, &body);
-                }
+                write_ws_reply(&mut s.out, d);
             }
         }
+    }
+}
+
+/// A ready JSON-RPC answer as one text frame (notification-only requests have none).
+fn write_ws_reply(out: &mut Vec<u8>, d: &Dispatched) {
+    let body = d.body();
+    if !body.is_empty() {
+        ws::write_frame(out, Opcode::Text, &body);
     }
 }
 

@@ -125,8 +125,13 @@ impl Shared {
 
 /// Classifies a JSON-RPC error into a short kind for the error table.
 fn error_kind(v: &Value) -> String {
-    let msg = v["error"]["message"].as_str().unwrap_or("unknown error");
-    msg.split(':').next().unwrap_or(msg).trim().to_string()
+    message_kind(v["error"]["message"].as_str().unwrap_or("unknown error"))
+}
+
+/// The kind of an error message: the part before its first colon (details differ per
+/// transaction, the kind does not).
+fn message_kind(message: &str) -> String {
+    message.split(':').next().unwrap_or(message).trim().to_string()
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {

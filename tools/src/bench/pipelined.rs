@@ -57,7 +57,7 @@ impl Pipelined for Binary {
                 Ok(Some((tag as usize, r)))
             }
             Some(ServerMsg::Rejected { tag, message, .. }) => {
-                Ok(Some((tag as usize, Err(short(&message)))))
+                Ok(Some((tag as usize, Err(super::message_kind(&message)))))
             }
             Some(_) => Ok(None),
         }
@@ -85,7 +85,7 @@ impl Pipelined for Ws {
         let v = self.0.recv()?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let Some(tag) = v["id"].as_u64() else { return Ok(None) };
         let outcome = if let Some(msg) = v["error"]["message"].as_str() {
-            Err(short(msg))
+            Err(super::message_kind(msg))
         } else if v["result"]["status"] == "0x1" {
             Ok(())
         } else {
@@ -93,11 +93,6 @@ impl Pipelined for Ws {
         };
         Ok(Some((tag as usize, outcome)))
     }
-}
-
-/// The kind of an error message (the part before the first colon), for the error table.
-fn short(message: &str) -> String {
-    message.split(':').next().unwrap_or(message).trim().to_string()
 }
 
 /// Sends one lane's transactions over a `C` connection and finishes their samples.
