@@ -23,6 +23,7 @@ mod code;
 pub mod codec;
 mod diff;
 mod frame;
+mod keccak;
 mod mapped;
 mod memory;
 mod persistent;

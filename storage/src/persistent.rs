@@ -25,7 +25,7 @@ use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
     code::CodeFile,
     proof::{self, bucket_proof, decode_account, encode_account, slot_key, StateProof},
-    table::{AccountRecord, Keep, Record, SlotRecord, Table, TableFile, TablePlan},
+    table::{AccountRecord, Keep, PlanWrites, Record, SlotRecord, Table, TableFile, TablePlan},
     AccountState, StateDiff, StateStore, StateView, StoreError,
 };
 use alloy_primitives::{map::HashMap, Address, B256, U256};
@@ -70,8 +70,8 @@ impl StoreOptions {
     }
 }
 
-/// From this many changed accounts on, their records are built in parallel.
-const PARALLEL_ACCOUNTS: usize = 4096;
+/// From this many written slots on, their table changes are built in parallel.
+const PARALLEL_SLOTS: usize = 4096;
 
 const ACCOUNTS: &str = "accounts";
 const SLOTS: &str = "slots";
@@ -493,11 +493,63 @@ impl PersistentStore {
         Ok(self.plan(&tables, false)?.root)
     }
 
+    /// The slot count kept in `address`'s table record (checkpointed state only).
+    #[cfg(test)]
+    pub(crate) fn stored_slot_count(&self, address: &Address) -> Option<u64> {
+        self.base.read().accounts.get(&address.0 .0).map(|r| u64::from_le_bytes(r.slot_count))
+    }
+
     /// Plans the overlay's changes into both tables (the read-only part of a checkpoint), with
     /// the old values of every changed key when `keep_old`.
+    ///
+    /// The two tables are planned side by side. They meet in one place: an account record keeps
+    /// the number of slots its contract has, which the slot plan decides. That count is
+    /// bookkeeping outside the commitment ([`AccountRecord`]), so the account plan runs with the
+    /// stored counts and the changes are patched into its records afterwards; every account whose
+    /// slots were written is in the account plan for that.
     fn plan(&self, tables: &Tables, keep_old: bool) -> Result<CheckpointPlan, StoreError> {
-        let keep = Keep { old: keep_old, presence: true };
-        let slot_plan = tables.slots.plan(self.slot_changes(tables), keep);
+        let plan_slots = || {
+            let keep = Keep { old: keep_old, presence: true };
+            tables.slots.plan(self.slot_changes(tables), keep)
+        };
+        let plan_accounts = || {
+            // Each changed account with its new state (`None`: only its slot count may change).
+            // One pass over the persistent map: a lookup in it per account costs a chain of
+            // cache misses.
+            let overlay = &self.overlay;
+            let mut accounts: Vec<(Address, Option<Option<AccountState>>)> =
+                overlay.accounts.iter().map(|(a, info)| (*a, Some(*info))).collect();
+            let mut slots_only: Vec<Address> = overlay
+                .storage
+                .keys()
+                .chain(overlay.wiped.iter())
+                .filter(|a| !overlay.accounts.contains_key(*a))
+                .copied()
+                .collect();
+            slots_only.sort_unstable();
+            slots_only.dedup();
+            accounts.extend(slots_only.into_iter().map(|a| (a, None)));
+            let new_record = |i: usize, stored: Option<&AccountRecord>| {
+                let (address, info) = &accounts[i];
+                let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
+                let info = match info {
+                    Some(info) => *info,
+                    None => stored.map(decode_account),
+                };
+                info.map(|i| encode_account(address, &i, count))
+            };
+            let keep = Keep { old: keep_old, presence: false };
+            let plan = tables.accounts.plan_with(
+                accounts.len(),
+                |i| accounts[i].0 .0 .0,
+                new_record,
+                keep,
+            );
+            let deleted: Vec<Address> =
+                overlay.accounts.iter().filter(|(_, i)| i.is_none()).map(|(a, _)| *a).collect();
+            (plan, deleted)
+        };
+        let (slot_plan, (mut account_plan, deleted)) = rayon::join(plan_slots, plan_accounts);
         let mut slot_delta: HashMap<Address, i64> = HashMap::default();
         for (key, was, is) in &slot_plan.presence {
             let d = *is as i64 - *was as i64;
@@ -505,30 +557,29 @@ impl PersistentStore {
                 *slot_delta.entry(Address::from_slice(&key[..20])).or_default() += d;
             }
         }
-        let mut addresses: Vec<Address> = self.overlay.accounts.keys().copied().collect();
-        addresses.extend(slot_delta.keys().filter(|a| !self.overlay.accounts.contains_key(*a)));
-        let (overlay, stored_accounts) = (&self.overlay.accounts, &tables.accounts);
-        let change = |address: &Address| {
-            let stored = stored_accounts.get(&address.0 .0);
-            let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
-            let count = (count as i64 + slot_delta.get(address).copied().unwrap_or(0)) as u64;
-            let info = match overlay.get(address) {
-                Some(info) => *info,
-                None => stored.map(|r| decode_account(&r)),
-            };
-            if info.is_none() && count != 0 {
-                return Err(StoreError::Corrupt("a deleted account would keep storage slots"));
+        // A deleted (or never created) account keeping slots means the overlay and the tables
+        // disagree.
+        let corrupt = || StoreError::Corrupt("a deleted account would keep storage slots");
+        let stored_count = |address: &Address| {
+            tables.accounts.get(&address.0 .0).map_or(0, |r| u64::from_le_bytes(r.slot_count))
+        };
+        for address in &deleted {
+            let d = slot_delta.get(address).copied().unwrap_or(0);
+            if stored_count(address) as i64 + d != 0 {
+                return Err(corrupt());
             }
-            Ok((address.0 .0, info.map(|i| encode_account(address, &i, count))))
-        };
-        let account_changes: Vec<_> = if addresses.len() >= PARALLEL_ACCOUNTS {
-            addresses.par_iter().map(change).collect::<Result<_, _>>()?
-        } else {
-            addresses.iter().map(change).collect::<Result<_, _>>()?
-        };
-        drop(addresses);
-        let account_plan =
-            tables.accounts.plan(account_changes, Keep { old: keep_old, presence: false });
+        }
+        for (address, d) in &slot_delta {
+            match account_plan.record_mut(&address.0 .0) {
+                Some(record) => {
+                    let count = u64::from_le_bytes(record.slot_count) as i64 + d;
+                    let count = u64::try_from(count).map_err(|_| corrupt())?;
+                    record.slot_count = count.to_le_bytes();
+                }
+                None if stored_count(address) as i64 + d != 0 => return Err(corrupt()),
+                None => {}
+            }
+        }
         let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
         Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
     }
@@ -545,13 +596,6 @@ impl PersistentStore {
         // while this runs: taking one needs `&self`.
         let views = Arc::strong_count(&self.epoch) > 1;
         let CheckpointPlan { accounts, slots, root } = self.plan(&tables, views)?;
-        // A store's first checkpoint overwrites nothing that matters: if it is cut short, the
-        // next open finds no header and starts from empty files.
-        let mut images = Vec::new();
-        if self.checkpointed {
-            images = pre_images(&tables.accounts, &accounts, ACCOUNTS_FILE_BASE);
-            images.extend(pre_images(&tables.slots, &slots, SLOTS_FILE_BASE));
-        }
         let codes: Vec<(B256, Bytecode)> = self
             .overlay
             .codes
@@ -598,7 +642,9 @@ impl PersistentStore {
                 slots_log2: self.header.slots_log2,
                 ..Default::default()
             },
-            images,
+            // A store's first checkpoint overwrites nothing that matters: if it is cut short,
+            // the next open finds no header and starts from empty files.
+            journal: self.checkpointed,
             accounts,
             slots,
             codes,
@@ -640,18 +686,27 @@ impl PersistentStore {
     /// The storage changes of the overlay: every stored slot of a wiped account is deleted, then
     /// the slots written after override those deletions. Keys are unique.
     fn slot_changes(&self, tables: &Tables) -> Vec<([u8; 52], Option<SlotRecord>)> {
-        let written: usize = self.overlay.storage.values().map(|s| s.len()).sum();
-        let mut changes: Vec<([u8; 52], Option<SlotRecord>)> = Vec::with_capacity(written);
-        for (address, slots) in &self.overlay.storage {
-            for (slot, value) in slots {
+        let contracts: Vec<(&Address, &imbl::HashMap<U256, U256>)> =
+            self.overlay.storage.iter().collect();
+        let written: usize = contracts.iter().map(|(_, s)| s.len()).sum();
+        fn changes_of<'a>(
+            address: &'a Address,
+            slots: &'a imbl::HashMap<U256, U256>,
+        ) -> impl Iterator<Item = ([u8; 52], Option<SlotRecord>)> + 'a {
+            slots.iter().map(move |(slot, value)| {
                 let record = (!value.is_zero()).then(|| SlotRecord {
                     address: address.0 .0,
                     slot: slot.to_be_bytes(),
                     value: value.to_be_bytes(),
                 });
-                changes.push((slot_key(address, slot), record));
-            }
+                (slot_key(address, slot), record)
+            })
         }
+        let mut changes: Vec<([u8; 52], Option<SlotRecord>)> = if written >= PARALLEL_SLOTS {
+            contracts.par_iter().flat_map_iter(|(a, s)| changes_of(a, s)).collect()
+        } else {
+            contracts.iter().flat_map(|(a, s)| changes_of(a, s)).collect()
+        };
         let wiped: Vec<Address> = self
             .overlay
             .wiped
@@ -684,7 +739,8 @@ struct CheckpointJob {
     previous: u64,
     /// The new header, without the table bookkeeping (filled in after the writes).
     header: Header,
-    images: Vec<PreImage>,
+    /// Whether to journal the pre-images of the writes before making them.
+    journal: bool,
     accounts: TablePlan<AccountRecord>,
     slots: TablePlan<SlotRecord>,
     codes: Vec<(B256, Bytecode)>,
@@ -694,20 +750,32 @@ struct CheckpointJob {
 
 impl CheckpointJob {
     fn run(self) -> Result<Header, StoreError> {
+        // Laying out the writes and reading their pre-images happens here, off the sequencer:
+        // the tables do not change until this job writes them (the next checkpoint waits for it).
+        let (account_writes, slot_writes) =
+            rayon::join(|| self.accounts.writes(), || self.slots.writes());
         let journal = self.dir.join("journal");
-        if !self.images.is_empty() {
-            checkpoint::write_journal(&journal, self.previous, &self.images)?;
+        if self.journal {
+            let images = {
+                let tables = self.base.read();
+                let mut images = pre_images(&tables.accounts, &account_writes, ACCOUNTS_FILE_BASE);
+                images.extend(pre_images(&tables.slots, &slot_writes, SLOTS_FILE_BASE));
+                images
+            };
+            if !images.is_empty() {
+                checkpoint::write_journal(&journal, self.previous, &images)?;
+            }
         }
         #[cfg(test)]
         if let Some(n) = self.crash_after_writes {
             let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
-            let account_writes = self.accounts.writes.iter().map(|w| (true, w));
-            let slot_writes = self.slots.writes.iter().map(|w| (false, w));
-            for (is_account, w) in account_writes.chain(slot_writes).take(n) {
+            let accounts = account_writes.writes.iter().map(|w| (true, w));
+            let slots = slot_writes.writes.iter().map(|w| (false, w));
+            for (is_account, w) in accounts.chain(slots).take(n) {
                 if is_account {
-                    tables.accounts.write(w.file, w.offset, self.accounts.bytes(w))?;
+                    tables.accounts.write(w.file, w.offset, account_writes.bytes(w))?;
                 } else {
-                    tables.slots.write(w.file, w.offset, self.slots.bytes(w))?;
+                    tables.slots.write(w.file, w.offset, slot_writes.bytes(w))?;
                 }
             }
             tables.accounts.flush()?;
@@ -716,8 +784,8 @@ impl CheckpointJob {
         }
         {
             let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
-            tables.accounts.apply(&self.accounts)?;
-            tables.slots.apply(&self.slots)?;
+            tables.accounts.apply(&self.accounts, &account_writes)?;
+            tables.slots.apply(&self.slots, &slot_writes)?;
             let added = tables.code.append(&self.codes)?;
             tables.code.publish(added);
             self.base.generation.store(self.header.generation, Ordering::Release);
@@ -761,10 +829,11 @@ fn table_file(file: u8) -> Option<(TableFile, u8)> {
 
 fn pre_images<R: crate::table::Record>(
     table: &Table<R>,
-    plan: &TablePlan<R>,
+    writes: &PlanWrites,
     base: u8,
 ) -> Vec<PreImage> {
-    plan.writes
+    writes
+        .writes
         .iter()
         .filter_map(|w| {
             table.pre_image(w).map(|bytes| PreImage {

@@ -134,6 +134,10 @@ proptest! {
             let view = store.view();
             store.wait_for_checkpoint().unwrap();
             for a in 0u8..6 {
+                // The slot count the table keeps (bookkeeping patched in after planning).
+                let snapshot = model.snapshot();
+                let want = snapshot.account(&addr(a)).map(|_| snapshot.storage_slots(&addr(a)).len() as u64);
+                prop_assert_eq!(store.stored_slot_count(&addr(a)), want);
                 let p = view.proof(&addr(a), &[U256::from(1), U256::from(4)]).unwrap();
                 prop_assert_eq!(p.verify_account(root, &addr(a)).unwrap(), model.snapshot().account(&addr(a)));
                 for s in [1u8, 4] {

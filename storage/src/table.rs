@@ -21,6 +21,7 @@
 //! checkpoint journals the plan's pre-images before applying it (`persistent.rs`).
 
 use crate::{
+    keccak,
     mapped::{FileError, MappedFile},
     tree::{self, Hash},
 };
@@ -110,6 +111,21 @@ pub(crate) struct DirEntry {
 
 const DIR_ENTRY_BYTES: u64 = std::mem::size_of::<DirEntry>() as u64;
 
+/// Hints the CPU to start loading the cache line of `bytes[at]` (nothing if `at` is out of range).
+pub(crate) fn prefetch(bytes: &[u8], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(byte) = bytes.get(at) {
+        // SAFETY: a prefetch never faults and changes no memory; the address is in `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (byte as *const u8).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, at);
+}
+
 /// The bucket of a key in a table of `2^log2_buckets` buckets.
 pub fn bucket_of(key: &[u8], log2_buckets: u32) -> u64 {
     if log2_buckets == 0 {
@@ -136,11 +152,18 @@ pub(crate) struct Write {
 }
 
 /// Everything a batch of changes does to a table, computed without touching it.
+///
+/// Planning computes the new buckets, their hashes and the new root (what the sequencer waits
+/// for); the byte-level writes are laid out later, by [`Self::writes`], on the checkpoint thread.
 pub(crate) struct TablePlan<R: Record> {
-    /// The writes, to be journaled and applied; their bytes are in `data`. Writes to adjacent
-    /// ranges of a file are merged (up to [`MAX_MERGED_WRITE`] bytes).
-    pub(crate) writes: Vec<Write>,
-    data: Vec<u8>,
+    /// The table's bucket count (log2).
+    log2_buckets: u32,
+    /// The rebuilt buckets, in bucket order across tasks.
+    rebuilt: Vec<Rebuilt<R>>,
+    /// Each rebuilt bucket's directory entry after the plan, and whether it changed.
+    entries: Vec<(DirEntry, bool)>,
+    /// `(global node index, hash)` of every tree node that changed, buckets included.
+    nodes: Vec<(u64, Hash)>,
     /// The value each changed key had before (for readers of older views), if kept.
     pub(crate) old: Vec<(R::Key, Option<R>)>,
     /// `(key, was present, is present)` for each change, for the caller's bookkeeping, if kept.
@@ -154,21 +177,70 @@ pub(crate) struct TablePlan<R: Record> {
 }
 
 impl<R: Record> TablePlan<R> {
-    /// The bytes `w` writes.
-    pub(crate) fn bytes(&self, w: &Write) -> &[u8] {
-        &self.data[w.start..w.start + w.len]
+    /// The plan's new record of `key`, if it stores one: for adjusting bookkeeping the
+    /// commitment does not cover (the bucket hashes are already taken).
+    pub(crate) fn record_mut(&mut self, key: &R::Key) -> Option<&mut R> {
+        let bucket = bucket_of(key.as_ref(), self.log2_buckets);
+        let t = self.rebuilt.partition_point(|t| t.buckets.last().is_some_and(|b| b.0 < bucket));
+        let task = self.rebuilt.get_mut(t)?;
+        let i = task.buckets.binary_search_by_key(&bucket, |b| b.0).ok()?;
+        let start = if i == 0 { 0 } else { task.buckets[i - 1].1 };
+        let records = &mut task.records[start..task.buckets[i].1];
+        let j = records.binary_search_by(|r| r.key().cmp(key)).ok()?;
+        Some(&mut records[j])
+    }
+
+    /// The writes that carry out the plan: bucket segments, then directory entries, then tree
+    /// nodes, each run of adjacent writes merged (up to [`MAX_MERGED_WRITE`] bytes).
+    pub(crate) fn writes(&self) -> PlanWrites {
+        let records: usize = self.rebuilt.iter().map(|t| t.records.len()).sum();
+        let record_bytes = std::mem::size_of::<R>();
+        let mut out = PlanWrites::with_capacity(
+            self.entries.len() * 2 + self.nodes.len(),
+            records * record_bytes
+                + self.entries.len() * DIR_ENTRY_BYTES as usize
+                + self.nodes.len() * 32,
+        );
+        let mut entries = self.entries.iter();
+        for task in &self.rebuilt {
+            let mut start = 0;
+            for ((_, end, _), (entry, _)) in task.buckets.iter().zip(entries.by_ref()) {
+                let records = &task.records[start..*end];
+                start = *end;
+                if !records.is_empty() {
+                    let offset = entry.offset * record_bytes as u64;
+                    out.push(TableFile::Dat, offset, bytemuck::cast_slice(records));
+                }
+            }
+        }
+        let buckets = self.rebuilt.iter().flat_map(|t| t.buckets.iter().map(|b| b.0));
+        for (bucket, (entry, changed)) in buckets.zip(&self.entries) {
+            if *changed {
+                out.push(TableFile::Dir, bucket * DIR_ENTRY_BYTES, bytemuck::bytes_of(entry));
+            }
+        }
+        for (i, h) in &self.nodes {
+            out.push(TableFile::Tree, i * 32, h);
+        }
+        out
     }
 }
 
-/// Writes being collected into one buffer, adjacent ones merged.
-struct Writes {
-    writes: Vec<Write>,
+/// A plan's writes, with their bytes in one buffer; adjacent writes are merged.
+pub(crate) struct PlanWrites {
+    /// The writes, in the order they are journaled and applied.
+    pub(crate) writes: Vec<Write>,
     data: Vec<u8>,
 }
 
-impl Writes {
+impl PlanWrites {
     fn with_capacity(writes: usize, bytes: usize) -> Self {
         Self { writes: Vec::with_capacity(writes), data: Vec::with_capacity(bytes) }
+    }
+
+    /// The bytes `w` writes.
+    pub(crate) fn bytes(&self, w: &Write) -> &[u8] {
+        &self.data[w.start..w.start + w.len]
     }
 
     fn push(&mut self, file: TableFile, offset: u64, bytes: &[u8]) {
@@ -317,20 +389,33 @@ impl<R: Record> Table<R> {
     /// records the caller needs (the others stay empty: a bulk load of millions of keys must not
     /// pay for bookkeeping nobody reads).
     pub(crate) fn plan(&self, changes: Vec<(R::Key, Option<R>)>, keep: Keep) -> TablePlan<R> {
+        self.plan_with(changes.len(), |i| changes[i].0, |i, _| changes[i].1, keep)
+    }
+
+    /// Plans a change of `n` keys (`key_of(i)`, unique, any order) whose new records
+    /// (`new_of(i, stored record)`, `None` deletes) depend on what is stored: each bucket is read
+    /// once, when it is rebuilt, instead of once to compute the change and again to apply it
+    /// (on a large table, each read is a cache miss).
+    pub(crate) fn plan_with(
+        &self,
+        n: usize,
+        key_of: impl Fn(usize) -> R::Key + Sync,
+        new_of: impl Fn(usize, Option<&R>) -> Option<R> + Sync,
+        keep: Keep,
+    ) -> TablePlan<R> {
         let log2 = self.log2_buckets;
         // Sort `(bucket, index)` pairs rather than the changes themselves: 16 bytes a change
         // instead of a second copy of every record.
-        let with_bucket =
-            |(i, (k, _)): (usize, &(R::Key, Option<R>))| (bucket_of(k.as_ref(), log2), i);
+        let with_bucket = |i: usize| (bucket_of(key_of(i).as_ref(), log2), i);
         let order = |a: &(u64, usize), b: &(u64, usize)| {
-            a.0.cmp(&b.0).then_with(|| changes[a.1].0.cmp(&changes[b.1].0))
+            a.0.cmp(&b.0).then_with(|| key_of(a.1).cmp(&key_of(b.1)))
         };
         let mut items: Vec<(u64, usize)>;
-        if changes.len() >= PARALLEL_BUCKETS {
-            items = changes.par_iter().enumerate().map(with_bucket).collect();
+        if n >= PARALLEL_BUCKETS {
+            items = (0..n).into_par_iter().map(with_bucket).collect();
             items.par_sort_unstable_by(order);
         } else {
-            items = changes.iter().enumerate().map(with_bucket).collect();
+            items = (0..n).map(with_bucket).collect();
             items.sort_unstable_by(order);
         }
         let groups: Vec<&[(u64, usize)]> = items.chunk_by(|a, b| a.0 == b.0).collect();
@@ -343,9 +428,23 @@ impl<R: Record> Table<R> {
                 old: Vec::with_capacity(if keep.old { changed } else { 0 }),
                 presence: Vec::with_capacity(if keep.presence { changed } else { 0 }),
             };
+            // The buckets are spread over the whole table: their directory entries, then their
+            // records, are cache (and TLB) misses. Ask for all of them before using the first.
             for g in tasks {
-                self.rebuild(g, &changes, keep, &mut out);
+                prefetch(self.dir.bytes(), (g[0].0 * DIR_ENTRY_BYTES) as usize);
             }
+            for g in tasks {
+                let e = self.entry(g[0].0);
+                let start = (e.offset * Self::RECORD_BYTES) as usize;
+                let end = start + (e.len as usize * Self::RECORD_BYTES as usize).max(1);
+                for line in (start..end).step_by(64) {
+                    prefetch(self.dat.bytes(), line);
+                }
+            }
+            for g in tasks {
+                self.rebuild(g, &key_of, &new_of, keep, &mut out);
+            }
+            Self::hash_buckets(&mut out);
             out
         };
         let rebuilt: Vec<Rebuilt<R>> = if groups.len() >= PARALLEL_BUCKETS {
@@ -356,23 +455,22 @@ impl<R: Record> Table<R> {
         let buckets = groups.len();
         drop(groups);
         drop(items);
-        drop(changes);
 
-        let records: usize = rebuilt.iter().map(|t| t.records.len()).sum();
-        let mut dat = Writes::with_capacity(buckets, records * Self::RECORD_BYTES as usize);
-        let mut dir = Writes::with_capacity(buckets, buckets * DIR_ENTRY_BYTES as usize);
+        // Allocation in `NAME.dat` is sequential (a grown bucket takes the next free segment),
+        // so this pass is serial; it touches only directory entries read moments ago.
         let mut used = self.used_records;
         let mut count = self.count;
         let mut leaves = Vec::with_capacity(buckets);
+        let mut entries = Vec::with_capacity(buckets);
         let mut old = Vec::new();
         let mut presence = Vec::new();
-        for task in rebuilt {
+        let mut rebuilt = rebuilt;
+        for task in &mut rebuilt {
             let mut start = 0;
-            for (bucket, end, hash) in task.buckets {
-                let records = &task.records[start..end];
-                start = end;
-                let e = self.entry(bucket);
-                let len = records.len() as u32;
+            for (bucket, end, hash) in &task.buckets {
+                let len = (end - start) as u32;
+                start = *end;
+                let e = self.entry(*bucket);
                 count = count + len as u64 - e.len as u64;
                 let mut entry = DirEntry { len, ..e };
                 if len > e.capacity {
@@ -380,30 +478,18 @@ impl<R: Record> Table<R> {
                     entry.offset = used;
                     used += entry.capacity as u64;
                 }
-                if len > 0 {
-                    let offset = entry.offset * Self::RECORD_BYTES;
-                    dat.push(TableFile::Dat, offset, bytemuck::cast_slice(records));
-                }
-                if entry != e {
-                    dir.push(TableFile::Dir, bucket * DIR_ENTRY_BYTES, bytemuck::bytes_of(&entry));
-                }
-                leaves.push((bucket, hash));
+                entries.push((entry, entry != e));
+                leaves.push((*bucket, *hash));
             }
-            old.extend(task.old);
-            presence.extend(task.presence);
+            old.append(&mut task.old);
+            presence.append(&mut task.presence);
         }
         let up = tree::update(self.tree.bytes(), log2, leaves);
-        let mut writes = dat;
-        writes.data.reserve(dir.data.len() + up.nodes.len() * 32);
-        for w in dir.writes {
-            writes.push(w.file, w.offset, &dir.data[w.start..w.start + w.len]);
-        }
-        for (i, h) in &up.nodes {
-            writes.push(TableFile::Tree, i * 32, h);
-        }
         TablePlan {
-            writes: writes.writes,
-            data: writes.data,
+            log2_buckets: log2,
+            rebuilt,
+            entries,
+            nodes: up.nodes,
             old,
             presence,
             used_records: used,
@@ -412,45 +498,80 @@ impl<R: Record> Table<R> {
         }
     }
 
-    /// Rebuilds the bucket of `group` (indices into `changes`, sorted by key) into `out`.
+    /// Rebuilds the bucket of `group` (indices of changed keys, sorted by key) into `out`.
     fn rebuild(
         &self,
         group: &[(u64, usize)],
-        changes: &[(R::Key, Option<R>)],
+        key_of: &impl Fn(usize) -> R::Key,
+        new_of: &impl Fn(usize, Option<&R>) -> Option<R>,
         keep: Keep,
         out: &mut Rebuilt<R>,
     ) {
         let bucket = group[0].0;
         let current = self.bucket(bucket);
-        let first = out.records.len();
         let records = &mut out.records;
         let mut i = 0;
         for (_, index) in group {
-            let (key, new) = &changes[*index];
-            while i < current.len() && current[i].key() < *key {
+            let key = key_of(*index);
+            while i < current.len() && current[i].key() < key {
                 records.push(current[i]);
                 i += 1;
             }
-            let before = if i < current.len() && current[i].key() == *key {
+            let before = if i < current.len() && current[i].key() == key {
                 i += 1;
                 Some(current[i - 1])
             } else {
                 None
             };
+            let new = new_of(*index, before.as_ref());
             if keep.old {
-                out.old.push((*key, before));
+                out.old.push((key, before));
             }
             if keep.presence {
-                out.presence.push((*key, before.is_some(), new.is_some()));
+                out.presence.push((key, before.is_some(), new.is_some()));
             }
             if let Some(r) = new {
-                debug_assert_eq!(r.key(), *key);
-                records.push(*r);
+                debug_assert_eq!(r.key(), key);
+                records.push(r);
             }
         }
         records.extend_from_slice(&current[i..]);
-        let hash = tree::bucket_hash(records[first..].iter().map(|r| r.committed()));
-        out.buckets.push((bucket, records.len(), hash));
+        // Hashed by `hash_buckets` once the task's buckets are all rebuilt, eight at a time.
+        out.buckets.push((bucket, records.len(), tree::EMPTY));
+    }
+
+    /// Fills in the hashes of a task's rebuilt buckets (keccak256 of their committed bytes; an
+    /// empty bucket hashes to [`tree::EMPTY`]), several buckets per permutation where the CPU
+    /// allows ([`crate::keccak`]).
+    fn hash_buckets(out: &mut Rebuilt<R>) {
+        let mut bytes = Vec::with_capacity(out.records.len() * R::COMMITTED_BYTES);
+        let mut ends = Vec::with_capacity(out.buckets.len());
+        for r in &out.records {
+            bytes.extend_from_slice(r.committed());
+        }
+        let mut start = 0;
+        for (_, end, _) in &out.buckets {
+            ends.push((start * R::COMMITTED_BYTES, end * R::COMMITTED_BYTES));
+            start = *end;
+        }
+        // Buckets of equal length in blocks are hashed together: a batch runs as many
+        // permutations as its longest message needs.
+        let blocks = |(a, b): &(usize, usize)| (b - a) / keccak::RATE;
+        let mut order: Vec<usize> = (0..ends.len()).collect();
+        order.sort_unstable_by_key(|i| blocks(&ends[*i]));
+        let mut digests = [tree::EMPTY; keccak::LANES];
+        for batch in order.chunks(keccak::LANES) {
+            let mut messages: [&[u8]; keccak::LANES] = [&[]; keccak::LANES];
+            for (m, i) in messages.iter_mut().zip(batch) {
+                let (a, b) = ends[*i];
+                *m = &bytes[a..b];
+            }
+            keccak::keccak256_each(&messages[..batch.len()], &mut digests);
+            for (i, digest) in batch.iter().zip(digests) {
+                let (a, b) = ends[*i];
+                out.buckets[*i].2 = if a == b { tree::EMPTY } else { digest };
+            }
+        }
     }
 
     /// The bytes a write would overwrite in the durable part of the file (what a rollback must
@@ -485,11 +606,15 @@ impl<R: Record> Table<R> {
         Ok(())
     }
 
-    /// Applies a plan's writes and bookkeeping.
-    pub(crate) fn apply(&mut self, plan: &TablePlan<R>) -> Result<(), FileError> {
+    /// Applies a plan's writes (`writes`, from [`TablePlan::writes`]) and bookkeeping.
+    pub(crate) fn apply(
+        &mut self,
+        plan: &TablePlan<R>,
+        writes: &PlanWrites,
+    ) -> Result<(), FileError> {
         self.dat.ensure_len(plan.used_records * Self::RECORD_BYTES)?;
-        for w in &plan.writes {
-            self.write(w.file, w.offset, plan.bytes(w))?;
+        for w in &writes.writes {
+            self.write(w.file, w.offset, writes.bytes(w))?;
         }
         self.used_records = plan.used_records;
         self.count = plan.count;
@@ -539,7 +664,7 @@ mod tests {
                 for (k, was, _) in &plan.presence {
                     prop_assert_eq!(*was, model.contains_key(k));
                 }
-                t.apply(&plan).unwrap();
+                t.apply(&plan, &plan.writes()).unwrap();
                 for ((a, s), v) in batch {
                     let k = slot(a, s, 0).key();
                     match v { Some(v) => { model.insert(k, slot(a, s, v)); } None => { model.remove(&k); } }

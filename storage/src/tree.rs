@@ -11,6 +11,10 @@
 //! node. A block that changes `m` keys rehashes at most `m` buckets and their paths, so the root
 //! costs O(m · depth) hashes, independent of the state's size. Each level is hashed in parallel.
 
+use crate::{
+    keccak::{keccak256_128x8, LANES},
+    table::prefetch,
+};
 use alloy_primitives::{keccak256, Keccak256};
 use rayon::prelude::*;
 
@@ -22,6 +26,8 @@ pub(crate) type Hash = [u8; 32];
 pub(crate) const EMPTY: Hash = [0; 32];
 /// Below this many nodes a level is hashed on the calling thread (spawning costs more).
 const PARALLEL_NODES: usize = 256;
+/// Parent nodes hashed per parallel task.
+const NODES_PER_TASK: usize = 512;
 
 /// Number of levels of a tree over `2^log2_buckets` buckets, the buckets' own level included.
 pub(crate) fn level_count(log2_buckets: u32) -> usize {
@@ -66,6 +72,39 @@ pub(crate) fn node_hash(children: &[Hash; 4]) -> Hash {
     keccak256(buf).0
 }
 
+/// Hashes the parent of each family of changed siblings (`families[i]`: the changed children of
+/// one parent, sorted) into `out[i]` as `(parent index in its level, hash)`, several parents per
+/// permutation where the CPU allows ([`crate::keccak`]). `start` is the children's level start.
+fn hash_parents(file: &[u8], start: u64, families: &[&[(u64, Hash)]], out: &mut [(u64, Hash)]) {
+    let mut inputs = [[0u8; 128]; LANES];
+    let mut digests = [EMPTY; LANES];
+    for (batch, (families_now, out)) in
+        families.chunks(LANES).zip(out.chunks_mut(LANES)).enumerate()
+    {
+        // The next batch's four-child groups are scattered over the level: start loading them.
+        for family in families.iter().skip((batch + 1) * LANES).take(LANES) {
+            let first = (start + family[0].0 / FANOUT * FANOUT) as usize * 32;
+            prefetch(file, first);
+            prefetch(file, first + 64);
+        }
+        let families = families_now;
+        for (family, input) in families.iter().zip(inputs.iter_mut()) {
+            let first = (start + family[0].0 / FANOUT * FANOUT) as usize * 32;
+            input.copy_from_slice(&file[first..first + 128]);
+            for (i, h) in family.iter() {
+                let at = (i % FANOUT) as usize * 32;
+                input[at..at + 32].copy_from_slice(h);
+            }
+        }
+        // A short last batch hashes the previous batch's leftovers too; they are not used.
+        keccak256_128x8(&inputs, &mut digests);
+        for (k, (family, o)) in families.iter().zip(out).enumerate() {
+            let empty = inputs[k].iter().all(|b| *b == 0);
+            *o = (family[0].0 / FANOUT, if empty { EMPTY } else { digests[k] });
+        }
+    }
+}
+
 /// Reads node `index` (global) from the tree file's bytes.
 pub(crate) fn read_node(file: &[u8], index: u64) -> Hash {
     let at = index as usize * 32;
@@ -91,23 +130,14 @@ pub(crate) fn update(file: &[u8], log2_buckets: u32, buckets: Vec<(u64, Hash)>) 
         // The changed children of one parent are adjacent (sorted by index).
         let families: Vec<&[(u64, Hash)]> =
             changed.chunk_by(|a, b| a.0 / FANOUT == b.0 / FANOUT).collect();
-        let hash_parent = |family: &&[(u64, Hash)]| {
-            let parent = family[0].0 / FANOUT;
-            let first = start + parent * FANOUT;
-            let mut c = [EMPTY; 4];
-            for (k, child) in c.iter_mut().enumerate() {
-                *child = read_node(file, first + k as u64);
-            }
-            for (i, h) in family.iter() {
-                c[(i % FANOUT) as usize] = *h;
-            }
-            (parent, node_hash(&c))
-        };
-        let next: Vec<(u64, Hash)> = if families.len() >= PARALLEL_NODES {
-            families.par_iter().map(hash_parent).collect()
+        let mut next = vec![(0, EMPTY); families.len()];
+        if families.len() >= PARALLEL_NODES {
+            next.par_chunks_mut(NODES_PER_TASK)
+                .zip(families.par_chunks(NODES_PER_TASK))
+                .for_each(|(out, families)| hash_parents(file, start, families, out));
         } else {
-            families.iter().map(hash_parent).collect()
-        };
+            hash_parents(file, start, &families, &mut next);
+        }
         nodes.extend(changed.iter().map(|(i, h)| (start + i, *h)));
         changed = next;
     }
