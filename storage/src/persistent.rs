@@ -518,7 +518,8 @@ impl PersistentStore {
             // cache misses.
             let overlay = &self.overlay;
             let mut accounts: Vec<(Address, Option<Option<AccountState>>)> =
-                overlay.accounts.iter().map(|(a, info)| (*a, Some(*info))).collect();
+                Vec::with_capacity(overlay.accounts.len() + overlay.storage.len());
+            accounts.extend(overlay.accounts.iter().map(|(a, info)| (*a, Some(*info))));
             let mut slots_only: Vec<Address> = overlay
                 .storage
                 .keys()

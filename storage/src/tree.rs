@@ -99,7 +99,7 @@ fn hash_parents(file: &[u8], start: u64, families: &[&[(u64, Hash)]], out: &mut 
         // A short last batch hashes the previous batch's leftovers too; they are not used.
         keccak256_128x8(&inputs, &mut digests);
         for (k, (family, o)) in families.iter().zip(out).enumerate() {
-            let empty = inputs[k].iter().all(|b| *b == 0);
+            let empty = inputs[k] == [0u8; 128];
             *o = (family[0].0 / FANOUT, if empty { EMPTY } else { digests[k] });
         }
     }

@@ -64,13 +64,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times sequential and Block-STM execution of a workload in the same run.
+/// Times sequential and Block-STM execution of a workload in the same run (and, with `split`,
+/// the ideal split: see `strobe-tools exec-bench --help`).
 pub(crate) fn exec_bench(
     name: &str,
     txs: usize,
     threads: usize,
     rounds: usize,
     only: Option<&str>,
+    split: bool,
 ) -> Result<Value, String> {
     let (run_seq, run_par) = match only {
         None => (true, true),
@@ -86,7 +88,32 @@ pub(crate) fn exec_bench(
     let (mut seq_ms, mut par_ms, mut adaptive_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut incarnations = 0;
     let mut identical = true;
+    let split_pool = match split {
+        true => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.max(1))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
+    let mut split_ms = Vec::new();
     for _ in 0..rounds.max(1) {
+        if let Some(pool) = &split_pool {
+            let part = list.len().div_ceil(threads.max(1)).max(1);
+            let started = Instant::now();
+            world.with_db(|db| {
+                pool.install(|| {
+                    use rayon::prelude::*;
+                    list.par_chunks(part).for_each(|txs| {
+                        std::hint::black_box(strobe_engine::exec::execute_sequential(
+                            db, &env, txs,
+                        ));
+                    })
+                })
+            });
+            split_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
         if run_seq {
             let started = Instant::now();
             let out = world.execute_sequential(&list);
@@ -107,6 +134,7 @@ pub(crate) fn exec_bench(
         identical &= out == reference;
     }
     let (s, p, a) = (median(seq_ms), median(par_ms), median(adaptive_ms));
+    let split = (!split_ms.is_empty()).then(|| median(split_ms));
     Ok(json!({
         "workload": name,
         "txs": list.len(),
@@ -118,5 +146,7 @@ pub(crate) fn exec_bench(
         "adaptive_speedup": s / a,
         "incarnations": incarnations,
         "identical": identical,
+        "split_ms": split,
+        "split_speedup": split.map(|x| s / x),
     }))
 }

@@ -98,6 +98,12 @@ enum Cmd {
         /// Run only Block-STM (`parallel`) or only `sequential`, e.g. under a profiler.
         #[arg(long)]
         only: Option<String>,
+        /// Also time the ideal split: the block cut into `--threads` contiguous parts, each run
+        /// sequentially on its own thread over the same state, with no coordination at all.
+        /// Not a valid executor (it ignores dependencies): it is the ceiling any parallel
+        /// executor can reach for this workload on this machine (`split_speedup`).
+        #[arg(long)]
+        split: bool,
     },
     /// Posts a workload through `strobe dev --l1 anvil` and reads back from L1 what its batches
     /// cost: bytes per transaction (raw and zstd-compressed) and L1 gas per L2 transaction
@@ -293,8 +299,8 @@ fn main() {
                 std::process::exit(2);
             }
         },
-        Cmd::ExecBench { workload, txs, threads, rounds, only } => {
-            match exec_tools::exec_bench(&workload, txs, threads, rounds, only.as_deref()) {
+        Cmd::ExecBench { workload, txs, threads, rounds, only, split } => {
+            match exec_tools::exec_bench(&workload, txs, threads, rounds, only.as_deref(), split) {
                 Ok(out) => out,
                 Err(e) => {
                     eprintln!("exec-bench failed: {e}");
