@@ -12,19 +12,20 @@
 //! runs as many permutations as its longest message needs, and each lane's digest is read out
 //! after its own last block.
 
-use crate::tree::Hash;
+/// A keccak256 digest.
+pub type Hash = [u8; 32];
 use alloy_primitives::keccak256;
 
 /// Bytes absorbed per permutation by keccak256 (1600 − 2·256 bits).
-pub(crate) const RATE: usize = 136;
+pub const RATE: usize = 136;
 /// Messages hashed together by the vectorised permutation.
-pub(crate) const LANES: usize = 8;
+pub const LANES: usize = 8;
 
 /// keccak256 of each message in `messages` into the same position of `out`.
 ///
 /// # Panics
 /// If `out` is shorter than `messages`.
-pub(crate) fn keccak256_each(messages: &[&[u8]], out: &mut [Hash]) {
+pub fn keccak256_each(messages: &[&[u8]], out: &mut [Hash]) {
     assert!(out.len() >= messages.len(), "one digest per message");
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
@@ -46,7 +47,7 @@ pub(crate) fn keccak256_each(messages: &[&[u8]], out: &mut [Hash]) {
 
 /// keccak256 of eight 128-byte messages (four tree children each): `out[i]` for `inputs[i]`.
 /// The commitment's most frequent hash, so it skips the general path's padding logic.
-pub(crate) fn keccak256_128x8(inputs: &[[u8; 128]; LANES], out: &mut [Hash; LANES]) {
+pub fn keccak256_128x8(inputs: &[[u8; 128]; LANES], out: &mut [Hash; LANES]) {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: `available()` checked that this CPU has AVX-512F, the only feature the
@@ -60,8 +61,7 @@ pub(crate) fn keccak256_128x8(inputs: &[[u8; 128]; LANES], out: &mut [Hash; LANE
 }
 
 /// Whether [`keccak256_each`] runs the eight-way permutation on this CPU.
-#[cfg(test)]
-pub(crate) fn vectorised() -> bool {
+pub fn vectorised() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         x86::available()

@@ -23,7 +23,7 @@ mod code;
 pub mod codec;
 mod diff;
 mod frame;
-mod keccak;
+pub mod keccak;
 mod mapped;
 mod memory;
 mod persistent;

@@ -407,16 +407,17 @@ impl<R: Record> Table<R> {
         // Sort `(bucket, index)` pairs rather than the changes themselves: 16 bytes a change
         // instead of a second copy of every record.
         let with_bucket = |i: usize| (bucket_of(key_of(i).as_ref(), log2), i);
-        let order = |a: &(u64, usize), b: &(u64, usize)| {
-            a.0.cmp(&b.0).then_with(|| key_of(a.1).cmp(&key_of(b.1)))
-        };
+        // By bucket alone first (plain integer keys), then the few keys that share a bucket.
         let mut items: Vec<(u64, usize)>;
         if n >= PARALLEL_BUCKETS {
             items = (0..n).into_par_iter().map(with_bucket).collect();
-            items.par_sort_unstable_by(order);
+            items.par_sort_unstable_by_key(|item| item.0);
         } else {
             items = (0..n).map(with_bucket).collect();
-            items.sort_unstable_by(order);
+            items.sort_unstable_by_key(|item| item.0);
+        }
+        for same_bucket in items.chunk_by_mut(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+            same_bucket.sort_unstable_by_key(|item| key_of(item.1));
         }
         let groups: Vec<&[(u64, usize)]> = items.chunk_by(|a, b| a.0 == b.0).collect();
         let rebuild = |tasks: &[&[(u64, usize)]]| {
