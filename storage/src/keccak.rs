@@ -73,6 +73,7 @@ pub fn vectorised() -> bool {
 }
 
 /// keccak-f[1600] round constants.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const ROUND_CONSTANTS: [u64; 24] = [
     0x0000000000000001,
     0x0000000000008082,

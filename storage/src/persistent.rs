@@ -575,7 +575,11 @@ impl PersistentStore {
                 Some(record) => {
                     let count = u64::from_le_bytes(record.slot_count) as i64 + d;
                     let count = u64::try_from(count).map_err(|_| corrupt())?;
+                    // The bucket's hash is already taken: only uncommitted bytes may change.
+                    let committed: [u8; AccountRecord::COMMITTED_BYTES] =
+                        record.committed().try_into().expect("committed bytes");
                     record.slot_count = count.to_le_bytes();
+                    debug_assert_eq!(record.committed(), &committed[..]);
                 }
                 None if stored_count(address) as i64 + d != 0 => return Err(corrupt()),
                 None => {}
@@ -750,11 +754,12 @@ struct CheckpointJob {
 }
 
 impl CheckpointJob {
-    fn run(self) -> Result<Header, StoreError> {
+    fn run(mut self) -> Result<Header, StoreError> {
         // Laying out the writes and reading their pre-images happens here, off the sequencer:
         // the tables do not change until this job writes them (the next checkpoint waits for it).
+        let (accounts, slots) = (&mut self.accounts, &mut self.slots);
         let (account_writes, slot_writes) =
-            rayon::join(|| self.accounts.writes(), || self.slots.writes());
+            rayon::join(|| accounts.take_writes(), || slots.take_writes());
         let journal = self.dir.join("journal");
         if self.journal {
             let images = {

@@ -190,6 +190,16 @@ impl<R: Record> TablePlan<R> {
         Some(&mut records[j])
     }
 
+    /// [`Self::writes`], then frees the rebuilt buckets and nodes (the writes hold their bytes
+    /// now), so a checkpoint never holds both copies for long.
+    pub(crate) fn take_writes(&mut self) -> PlanWrites {
+        let writes = self.writes();
+        self.rebuilt = Vec::new();
+        self.entries = Vec::new();
+        self.nodes = Vec::new();
+        writes
+    }
+
     /// The writes that carry out the plan: bucket segments, then directory entries, then tree
     /// nodes, each run of adjacent writes merged (up to [`MAX_MERGED_WRITE`] bytes).
     pub(crate) fn writes(&self) -> PlanWrites {
@@ -422,27 +432,40 @@ impl<R: Record> Table<R> {
         let groups: Vec<&[(u64, usize)]> = items.chunk_by(|a, b| a.0 == b.0).collect();
         let rebuild = |tasks: &[&[(u64, usize)]]| {
             let changed: usize = tasks.iter().map(|g| g.len()).sum();
-            let stored: usize = tasks.iter().map(|g| self.entry(g[0].0).len as usize).sum();
+            // Sized without reading the directory: reading it here would take every entry's
+            // cache miss one after another, before the pipeline below could overlap them.
             let mut out = Rebuilt {
                 buckets: Vec::with_capacity(tasks.len()),
-                records: Vec::with_capacity(changed + stored),
+                records: Vec::with_capacity(changed + tasks.len() * 2),
                 old: Vec::with_capacity(if keep.old { changed } else { 0 }),
                 presence: Vec::with_capacity(if keep.presence { changed } else { 0 }),
             };
             // The buckets are spread over the whole table: their directory entries, then their
-            // records, are cache (and TLB) misses. Ask for all of them before using the first.
-            for g in tasks {
+            // records, are cache (and TLB) misses. A software pipeline keeps a steady number of
+            // them in flight: the entry of the bucket DIR_AHEAD places ahead, the records of
+            // the one RECORDS_AHEAD ahead (its entry has arrived by then).
+            const DIR_AHEAD: usize = 16;
+            const RECORDS_AHEAD: usize = 8;
+            let prefetch_dir = |g: &[(u64, usize)]| {
                 prefetch(self.dir.bytes(), (g[0].0 * DIR_ENTRY_BYTES) as usize);
-            }
-            for g in tasks {
+            };
+            let prefetch_records = |g: &[(u64, usize)]| {
                 let e = self.entry(g[0].0);
                 let start = (e.offset * Self::RECORD_BYTES) as usize;
                 let end = start + (e.len as usize * Self::RECORD_BYTES as usize).max(1);
                 for line in (start..end).step_by(64) {
                     prefetch(self.dat.bytes(), line);
                 }
-            }
-            for g in tasks {
+            };
+            tasks.iter().take(DIR_AHEAD).for_each(|g| prefetch_dir(g));
+            tasks.iter().take(RECORDS_AHEAD).for_each(|g| prefetch_records(g));
+            for (k, g) in tasks.iter().enumerate() {
+                if let Some(ahead) = tasks.get(k + DIR_AHEAD) {
+                    prefetch_dir(ahead);
+                }
+                if let Some(ahead) = tasks.get(k + RECORDS_AHEAD) {
+                    prefetch_records(ahead);
+                }
                 self.rebuild(g, &key_of, &new_of, keep, &mut out);
             }
             Self::hash_buckets(&mut out);
