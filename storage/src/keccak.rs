@@ -204,33 +204,58 @@ mod x86 {
         }
     }
 
+    /// XORs the first `words` u64 words of each lane's block (`blocks[i]` for lane `i`) into
+    /// the state, one gather per word.
+    #[target_feature(enable = "avx512f")]
+    fn absorb<const N: usize>(state: &mut [__m512i; 25], blocks: &[[u8; N]; LANES], words: usize) {
+        assert!(words * 8 <= N && words <= 25, "a block holds at most N / 8 words");
+        // Word `w` of lane `i` is the u64 at index `(N / 8) * i + w` of `blocks`.
+        let s = (N / 8) as i64;
+        let rows = _mm512_set_epi64(7 * s, 6 * s, 5 * s, 4 * s, 3 * s, 2 * s, s, 0);
+        let base: *const i64 = blocks.as_ptr().cast();
+        for (w, lane) in state.iter_mut().take(words).enumerate() {
+            let index = _mm512_add_epi64(rows, _mm512_set1_epi64(w as i64));
+            // SAFETY: every index `(N / 8) * i + w` (i < 8, w < words <= N / 8) addresses a
+            // u64 inside `blocks` (8 × N bytes); scale 8 turns u64 indices into byte offsets,
+            // and gathers need no alignment.
+            let v = unsafe { _mm512_i64gather_epi64::<8>(index, base) };
+            *lane = _mm512_xor_si512(*lane, v);
+        }
+    }
+
+    /// The digests the state holds: lane `i`'s is `words[w * LANES + i]`, w < 4, little-endian.
+    #[target_feature(enable = "avx512f")]
+    fn squeeze(state: &[__m512i; 25]) -> [u64; 4 * LANES] {
+        let mut words = [0u64; 4 * LANES];
+        for (w, lane) in state.iter().take(4).enumerate() {
+            // SAFETY: `words[w * LANES..]` has room for LANES (8) u64s, the 64 bytes an
+            // unaligned 512-bit store writes.
+            unsafe { _mm512_storeu_si512(words.as_mut_ptr().add(w * LANES).cast(), *lane) };
+        }
+        words
+    }
+
+    /// Lane `i`'s digest from [`squeeze`]'s words.
+    fn digest_of(words: &[u64; 4 * LANES], i: usize) -> Hash {
+        let mut digest = [0u8; 32];
+        for w in 0..4 {
+            digest[w * 8..w * 8 + 8].copy_from_slice(&words[w * LANES + i].to_le_bytes());
+        }
+        digest
+    }
+
     /// keccak256 of eight 128-byte messages: one block each, whose padding is a constant
     /// (0x01 right after the message, in lane 16, and 0x80 in that lane's last byte).
     #[target_feature(enable = "avx512f")]
     pub(super) fn keccak256_128x8(inputs: &[[u8; 128]; LANES], digests: &mut [Hash; LANES]) {
         const PAD: i64 = 0x8000_0000_0000_0001_u64 as i64;
         let mut state = [_mm512_setzero_si512(); 25];
-        // Lane `i` of word `w` is the u64 at `inputs[i][8w..]`: index `16i + w` in u64 units.
-        let rows = _mm512_set_epi64(112, 96, 80, 64, 48, 32, 16, 0);
-        let base: *const i64 = inputs.as_ptr().cast();
-        for (w, lane) in state.iter_mut().take(16).enumerate() {
-            let index = _mm512_add_epi64(rows, _mm512_set1_epi64(w as i64));
-            // SAFETY: every index `16i + w` (i < 8, w < 16) addresses a u64 inside `inputs`
-            // (8 × 128 bytes); scale 8 turns u64 indices into byte offsets.
-            *lane = unsafe { _mm512_i64gather_epi64::<8>(index, base) };
-        }
+        absorb(&mut state, inputs, 16);
         state[16] = _mm512_set1_epi64(PAD);
         permute(&mut state);
-        let mut out = [0u64; 4 * LANES];
-        for (w, lane) in state.iter().take(4).enumerate() {
-            // SAFETY: `out[w * LANES..]` has room for LANES (8) u64s, the 64 bytes an unaligned
-            // 512-bit store writes.
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(w * LANES).cast(), *lane) };
-        }
+        let words = squeeze(&state);
         for (i, digest) in digests.iter_mut().enumerate() {
-            for w in 0..4 {
-                digest[w * 8..w * 8 + 8].copy_from_slice(&out[w * LANES + i].to_le_bytes());
-            }
+            *digest = digest_of(&words, i);
         }
     }
 
@@ -240,36 +265,19 @@ mod x86 {
         debug_assert!(messages.len() <= LANES && digests.len() >= messages.len());
         let blocks = messages.iter().map(|m| m.len() / RATE + 1).max().unwrap_or(0);
         let mut state = [_mm512_setzero_si512(); 25];
-        // Each lane's current block, padded; word `w` of lane `i` is the u64 at index `17i + w`.
+        // Each lane's current block, padded.
         let mut staged = [[0u8; RATE]; LANES];
-        let rows = _mm512_set_epi64(119, 102, 85, 68, 51, 34, 17, 0);
-        let mut out = [0u64; 4 * LANES];
         for block in 0..blocks {
             let mut finished = [false; LANES];
             for (i, m) in messages.iter().enumerate() {
                 finished[i] = padded_block(m, block, &mut staged[i]);
             }
-            let base: *const i64 = staged.as_ptr().cast();
-            for (w, lane) in state.iter_mut().take(RATE / 8).enumerate() {
-                let index = _mm512_add_epi64(rows, _mm512_set1_epi64(w as i64));
-                // SAFETY: every index `17i + w` (i < 8, w < 17) addresses a u64 inside `staged`
-                // (8 × 136 bytes); scale 8 turns u64 indices into byte offsets, and gathers
-                // need no alignment.
-                let v = unsafe { _mm512_i64gather_epi64::<8>(index, base) };
-                *lane = _mm512_xor_si512(*lane, v);
-            }
+            absorb(&mut state, &staged, RATE / 8);
             permute(&mut state);
             if finished.iter().any(|f| *f) {
-                for (w, lane) in state.iter().take(4).enumerate() {
-                    // SAFETY: `out[w * LANES..]` has room for LANES (8) u64s, the 64 bytes an
-                    // unaligned 512-bit store writes.
-                    unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(w * LANES).cast(), *lane) };
-                }
+                let words = squeeze(&state);
                 for (i, _) in finished.iter().enumerate().filter(|(_, f)| **f) {
-                    for w in 0..4 {
-                        digests[i][w * 8..w * 8 + 8]
-                            .copy_from_slice(&out[w * LANES + i].to_le_bytes());
-                    }
+                    digests[i] = digest_of(&words, i);
                 }
             }
         }

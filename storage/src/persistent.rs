@@ -547,7 +547,7 @@ impl PersistentStore {
                 keep,
             );
             let deleted: Vec<Address> =
-                overlay.accounts.iter().filter(|(_, i)| i.is_none()).map(|(a, _)| *a).collect();
+                accounts.iter().filter(|(_, i)| *i == Some(None)).map(|(a, _)| *a).collect();
             (plan, deleted)
         };
         let (slot_plan, (mut account_plan, deleted)) = rayon::join(plan_slots, plan_accounts);

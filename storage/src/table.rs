@@ -471,7 +471,7 @@ impl<R: Record> Table<R> {
             Self::hash_buckets(&mut out);
             out
         };
-        let rebuilt: Vec<Rebuilt<R>> = if groups.len() >= PARALLEL_BUCKETS {
+        let mut rebuilt: Vec<Rebuilt<R>> = if groups.len() >= PARALLEL_BUCKETS {
             groups.par_chunks(BUCKETS_PER_TASK).map(rebuild).collect()
         } else {
             vec![rebuild(&groups)]
@@ -488,7 +488,6 @@ impl<R: Record> Table<R> {
         let mut entries = Vec::with_capacity(buckets);
         let mut old = Vec::new();
         let mut presence = Vec::new();
-        let mut rebuilt = rebuilt;
         for task in &mut rebuilt {
             let mut start = 0;
             for (bucket, end, hash) in &task.buckets {

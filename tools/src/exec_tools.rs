@@ -56,6 +56,14 @@ pub(crate) fn replay(file: &Path, threads: usize) -> Result<(Value, bool), Strin
     Ok((report, ok))
 }
 
+/// Runs `f`, appending its wall time in milliseconds to `times`.
+fn timed<R>(times: &mut Vec<f64>, f: impl FnOnce() -> R) -> R {
+    let started = Instant::now();
+    let out = f();
+    times.push(started.elapsed().as_secs_f64() * 1e3);
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -100,39 +108,34 @@ pub(crate) fn exec_bench(
     // The ideal split, each run next to a sequential run of the same block, before any
     // Block-STM run (whose background frees would share the machine with it).
     let (mut split_ms, mut split_seq_ms) = (Vec::new(), Vec::new());
-    for _ in 0..if split_pool.is_some() { rounds.max(1) } else { 0 } {
-        let started = Instant::now();
-        std::hint::black_box(world.execute_sequential(&list));
-        split_seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        if let Some(pool) = &split_pool {
-            let part = list.len().div_ceil(threads.max(1)).max(1);
-            let started = Instant::now();
-            world.with_db(|db| {
-                pool.install(|| {
-                    use rayon::prelude::*;
-                    list.par_chunks(part).for_each(|txs| {
-                        std::hint::black_box(strobe_engine::exec::execute_sequential(
-                            db, &env, txs,
-                        ));
+    if let Some(pool) = &split_pool {
+        let part = list.len().div_ceil(threads.max(1)).max(1);
+        for _ in 0..rounds.max(1) {
+            timed(&mut split_seq_ms, || std::hint::black_box(world.execute_sequential(&list)));
+            timed(&mut split_ms, || {
+                world.with_db(|db| {
+                    pool.install(|| {
+                        use rayon::prelude::*;
+                        list.par_chunks(part).for_each(|txs| {
+                            std::hint::black_box(strobe_engine::exec::execute_sequential(
+                                db, &env, txs,
+                            ));
+                        })
                     })
                 })
             });
-            split_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }
     for _ in 0..rounds.max(1) {
         if run_seq {
-            let started = Instant::now();
-            let out = world.execute_sequential(&list);
-            seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let out = timed(&mut seq_ms, || world.execute_sequential(&list));
             identical &= out == reference;
         }
         if !run_par {
             continue;
         }
-        let started = Instant::now();
-        let (out, stats) = world.with_db(|db| executor.execute_block_stm(db, &env, &list));
-        par_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let (out, stats) =
+            timed(&mut par_ms, || world.with_db(|db| executor.execute_block_stm(db, &env, &list)));
         identical &= out == reference;
         incarnations = stats.incarnations;
     }
@@ -142,13 +145,9 @@ pub(crate) fn exec_bench(
     // steady state does not: it runs Block-STM on one block in PROBE_INTERVAL there.)
     let mut adaptive_seq_ms = Vec::new();
     for _ in 0..if run_par && run_seq { rounds.max(1) } else { 0 } {
-        let started = Instant::now();
-        let out = world.execute_sequential(&list);
-        adaptive_seq_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let out = timed(&mut adaptive_seq_ms, || world.execute_sequential(&list));
         identical &= out == reference;
-        let started = Instant::now();
-        let out = world.with_db(|db| executor.execute(db, &env, &list));
-        adaptive_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let out = timed(&mut adaptive_ms, || world.with_db(|db| executor.execute(db, &env, &list)));
         identical &= out == reference;
     }
     let adaptive_mean = adaptive_ms.iter().sum::<f64>() / adaptive_ms.len().max(1) as f64;
