@@ -47,6 +47,10 @@ pub(crate) trait Record: Pod + Send + Sync + std::fmt::Debug + PartialEq {
     const COMMITTED_BYTES: usize;
     /// The record's key.
     fn key(&self) -> Self::Key;
+    /// The record's key compared with `key` (what bucket searches and merges run on).
+    fn cmp_key(&self, key: &Self::Key) -> std::cmp::Ordering {
+        self.key().cmp(key)
+    }
     /// The bytes the bucket hash covers.
     fn committed(&self) -> &[u8] {
         &bytemuck::bytes_of(self)[..Self::COMMITTED_BYTES]
@@ -94,6 +98,10 @@ impl Record for SlotRecord {
         k[..20].copy_from_slice(&self.address);
         k[20..].copy_from_slice(&self.slot);
         k
+    }
+    fn cmp_key(&self, key: &SlotKey) -> std::cmp::Ordering {
+        // Without assembling the 52-byte key first: merges compare every stored record.
+        self.address[..].cmp(&key[..20]).then_with(|| self.slot[..].cmp(&key[20..]))
     }
 }
 
@@ -181,12 +189,13 @@ impl<R: Record> TablePlan<R> {
     /// commitment does not cover (the bucket hashes are already taken).
     pub(crate) fn record_mut(&mut self, key: &R::Key) -> Option<&mut R> {
         let bucket = bucket_of(key.as_ref(), self.log2_buckets);
-        let t = self.rebuilt.partition_point(|t| t.buckets.last().is_some_and(|b| b.0 < bucket));
+        let t =
+            self.rebuilt.partition_point(|t| t.buckets.last().is_some_and(|b| b.bucket < bucket));
         let task = self.rebuilt.get_mut(t)?;
-        let i = task.buckets.binary_search_by_key(&bucket, |b| b.0).ok()?;
-        let start = if i == 0 { 0 } else { task.buckets[i - 1].1 };
-        let records = &mut task.records[start..task.buckets[i].1];
-        let j = records.binary_search_by(|r| r.key().cmp(key)).ok()?;
+        let i = task.buckets.binary_search_by_key(&bucket, |b| b.bucket).ok()?;
+        let start = if i == 0 { 0 } else { task.buckets[i - 1].end };
+        let records = &mut task.records[start..task.buckets[i].end];
+        let j = records.binary_search_by(|r| r.cmp_key(key)).ok()?;
         Some(&mut records[j])
     }
 
@@ -214,16 +223,16 @@ impl<R: Record> TablePlan<R> {
         let mut entries = self.entries.iter();
         for task in &self.rebuilt {
             let mut start = 0;
-            for ((_, end, _), (entry, _)) in task.buckets.iter().zip(entries.by_ref()) {
-                let records = &task.records[start..*end];
-                start = *end;
+            for (b, (entry, _)) in task.buckets.iter().zip(entries.by_ref()) {
+                let records = &task.records[start..b.end];
+                start = b.end;
                 if !records.is_empty() {
                     let offset = entry.offset * record_bytes as u64;
                     out.push(TableFile::Dat, offset, bytemuck::cast_slice(records));
                 }
             }
         }
-        let buckets = self.rebuilt.iter().flat_map(|t| t.buckets.iter().map(|b| b.0));
+        let buckets = self.rebuilt.iter().flat_map(|t| t.buckets.iter().map(|b| b.bucket));
         for (bucket, (entry, changed)) in buckets.zip(&self.entries) {
             if *changed {
                 out.push(TableFile::Dir, bucket * DIR_ENTRY_BYTES, bytemuck::bytes_of(entry));
@@ -296,10 +305,20 @@ impl Keep {
     pub(crate) const ALL: Keep = Keep { old: true, presence: true };
 }
 
+/// One rebuilt bucket.
+struct RebuiltBucket {
+    bucket: u64,
+    /// End of its records in [`Rebuilt::records`] (they start where the previous bucket's end).
+    end: usize,
+    /// Its hash over the new records.
+    hash: Hash,
+    /// Its directory entry before the plan (read once, when the bucket was rebuilt).
+    stored: DirEntry,
+}
+
 /// Rebuilt buckets, in bucket order, with their records in one vector.
 struct Rebuilt<R: Record> {
-    /// `(bucket, end of its records in `records`, hash)`.
-    buckets: Vec<(u64, usize, Hash)>,
+    buckets: Vec<RebuiltBucket>,
     records: Vec<R>,
     old: Vec<(R::Key, Option<R>)>,
     presence: Vec<(R::Key, bool, bool)>,
@@ -364,7 +383,11 @@ impl<R: Record> Table<R> {
 
     /// The records of `bucket`, sorted by key.
     pub(crate) fn bucket(&self, bucket: u64) -> &[R] {
-        let e = self.entry(bucket);
+        self.records_of(self.entry(bucket))
+    }
+
+    /// The records a directory entry points at.
+    fn records_of(&self, e: DirEntry) -> &[R] {
         if e.len == 0 {
             return &[];
         }
@@ -376,7 +399,7 @@ impl<R: Record> Table<R> {
     /// The record stored under `key`.
     pub(crate) fn get(&self, key: &R::Key) -> Option<R> {
         let records = self.bucket(bucket_of(key.as_ref(), self.log2_buckets));
-        records.binary_search_by(|r| r.key().cmp(key)).ok().map(|i| records[i])
+        records.binary_search_by(|r| r.cmp_key(key)).ok().map(|i| records[i])
     }
 
     /// Every record, bucket by bucket.
@@ -399,38 +422,45 @@ impl<R: Record> Table<R> {
     /// records the caller needs (the others stay empty: a bulk load of millions of keys must not
     /// pay for bookkeeping nobody reads).
     pub(crate) fn plan(&self, changes: Vec<(R::Key, Option<R>)>, keep: Keep) -> TablePlan<R> {
-        self.plan_with(changes.len(), |i| changes[i].0, |i, _| changes[i].1, keep)
+        self.plan_with(changes, |c| c.0, |c, _| c.1, keep)
     }
 
-    /// Plans a change of `n` keys (`key_of(i)`, unique, any order) whose new records
-    /// (`new_of(i, stored record)`, `None` deletes) depend on what is stored: each bucket is read
-    /// once, when it is rebuilt, instead of once to compute the change and again to apply it
-    /// (on a large table, each read is a cache miss).
-    pub(crate) fn plan_with(
+    /// Plans `changes` of keys `key_of(change)` (unique, any order) whose new records
+    /// (`new_of(change, stored record)`, `None` deletes) may depend on what is stored: each
+    /// bucket is read once, when it is rebuilt, instead of once to compute the change and again
+    /// to apply it (on a large table, each read is a cache miss).
+    pub(crate) fn plan_with<C: Copy + Send + Sync>(
         &self,
-        n: usize,
-        key_of: impl Fn(usize) -> R::Key + Sync,
-        new_of: impl Fn(usize, Option<&R>) -> Option<R> + Sync,
+        changes: Vec<C>,
+        key_of: impl Fn(&C) -> R::Key + Sync,
+        new_of: impl Fn(&C, Option<&R>) -> Option<R> + Sync,
         keep: Keep,
     ) -> TablePlan<R> {
         let log2 = self.log2_buckets;
-        // Sort `(bucket, index)` pairs rather than the changes themselves: 16 bytes a change
-        // instead of a second copy of every record.
-        let with_bucket = |i: usize| (bucket_of(key_of(i).as_ref(), log2), i);
-        // By bucket alone first (plain integer keys), then the few keys that share a bucket.
-        let mut items: Vec<(u64, usize)>;
-        if n >= PARALLEL_BUCKETS {
-            items = (0..n).into_par_iter().map(with_bucket).collect();
-            items.par_sort_unstable_by_key(|item| item.0);
+        let parallel = changes.len() >= PARALLEL_BUCKETS;
+        // Sort `(bucket, index)` pairs (16 bytes, plain integer keys) rather than the changes,
+        // then gather the changes into that order once: the rebuild below then reads them in
+        // sequence instead of taking a cache miss per key.
+        let with_bucket = |(i, c): (usize, &C)| (bucket_of(key_of(c).as_ref(), log2), i);
+        let mut order: Vec<(u64, usize)>;
+        let mut sorted: Vec<(u64, C)>;
+        if parallel {
+            order = changes.par_iter().enumerate().map(with_bucket).collect();
+            order.par_sort_unstable_by_key(|item| item.0);
+            sorted = order.par_iter().map(|&(b, i)| (b, changes[i])).collect();
         } else {
-            items = (0..n).map(with_bucket).collect();
-            items.sort_unstable_by_key(|item| item.0);
+            order = changes.iter().enumerate().map(with_bucket).collect();
+            order.sort_unstable_by_key(|item| item.0);
+            sorted = order.iter().map(|&(b, i)| (b, changes[i])).collect();
         }
-        for same_bucket in items.chunk_by_mut(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-            same_bucket.sort_unstable_by_key(|item| key_of(item.1));
+        drop(order);
+        drop(changes);
+        // Then by key, only where keys share a bucket.
+        for same_bucket in sorted.chunk_by_mut(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+            same_bucket.sort_unstable_by_key(|(_, c)| key_of(c));
         }
-        let groups: Vec<&[(u64, usize)]> = items.chunk_by(|a, b| a.0 == b.0).collect();
-        let rebuild = |tasks: &[&[(u64, usize)]]| {
+        let groups: Vec<&[(u64, C)]> = sorted.chunk_by(|a, b| a.0 == b.0).collect();
+        let rebuild = |tasks: &[&[(u64, C)]]| {
             let changed: usize = tasks.iter().map(|g| g.len()).sum();
             // Sized without reading the directory: reading it here would take every entry's
             // cache miss one after another, before the pipeline below could overlap them.
@@ -446,10 +476,10 @@ impl<R: Record> Table<R> {
             // the one RECORDS_AHEAD ahead (its entry has arrived by then).
             const DIR_AHEAD: usize = 16;
             const RECORDS_AHEAD: usize = 8;
-            let prefetch_dir = |g: &[(u64, usize)]| {
+            let prefetch_dir = |g: &[(u64, C)]| {
                 prefetch(self.dir.bytes(), (g[0].0 * DIR_ENTRY_BYTES) as usize);
             };
-            let prefetch_records = |g: &[(u64, usize)]| {
+            let prefetch_records = |g: &[(u64, C)]| {
                 let e = self.entry(g[0].0);
                 let start = (e.offset * Self::RECORD_BYTES) as usize;
                 let end = start + (e.len as usize * Self::RECORD_BYTES as usize).max(1);
@@ -478,10 +508,10 @@ impl<R: Record> Table<R> {
         };
         let buckets = groups.len();
         drop(groups);
-        drop(items);
+        drop(sorted);
 
         // Allocation in `NAME.dat` is sequential (a grown bucket takes the next free segment),
-        // so this pass is serial; it touches only directory entries read moments ago.
+        // so this pass is serial; it reads only what the rebuild kept.
         let mut used = self.used_records;
         let mut count = self.count;
         let mut leaves = Vec::with_capacity(buckets);
@@ -490,10 +520,10 @@ impl<R: Record> Table<R> {
         let mut presence = Vec::new();
         for task in &mut rebuilt {
             let mut start = 0;
-            for (bucket, end, hash) in &task.buckets {
-                let len = (end - start) as u32;
-                start = *end;
-                let e = self.entry(*bucket);
+            for b in &task.buckets {
+                let len = (b.end - start) as u32;
+                start = b.end;
+                let e = b.stored;
                 count = count + len as u64 - e.len as u64;
                 let mut entry = DirEntry { len, ..e };
                 if len > e.capacity {
@@ -502,7 +532,7 @@ impl<R: Record> Table<R> {
                     used += entry.capacity as u64;
                 }
                 entries.push((entry, entry != e));
-                leaves.push((*bucket, *hash));
+                leaves.push((b.bucket, b.hash));
             }
             old.append(&mut task.old);
             presence.append(&mut task.presence);
@@ -521,32 +551,36 @@ impl<R: Record> Table<R> {
         }
     }
 
-    /// Rebuilds the bucket of `group` (indices of changed keys, sorted by key) into `out`.
-    fn rebuild(
+    /// Rebuilds the bucket of `group` (changes sorted by key) into `out`.
+    fn rebuild<C>(
         &self,
-        group: &[(u64, usize)],
-        key_of: &impl Fn(usize) -> R::Key,
-        new_of: &impl Fn(usize, Option<&R>) -> Option<R>,
+        group: &[(u64, C)],
+        key_of: &impl Fn(&C) -> R::Key,
+        new_of: &impl Fn(&C, Option<&R>) -> Option<R>,
         keep: Keep,
         out: &mut Rebuilt<R>,
     ) {
         let bucket = group[0].0;
-        let current = self.bucket(bucket);
+        let stored = self.entry(bucket);
+        let current = self.records_of(stored);
         let records = &mut out.records;
         let mut i = 0;
-        for (_, index) in group {
-            let key = key_of(*index);
-            while i < current.len() && current[i].key() < key {
-                records.push(current[i]);
+        for (_, change) in group {
+            let key = key_of(change);
+            let mut before = None;
+            while let Some(r) = current.get(i) {
+                match r.cmp_key(&key) {
+                    std::cmp::Ordering::Less => records.push(*r),
+                    std::cmp::Ordering::Equal => {
+                        before = Some(*r);
+                        i += 1;
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
                 i += 1;
             }
-            let before = if i < current.len() && current[i].key() == key {
-                i += 1;
-                Some(current[i - 1])
-            } else {
-                None
-            };
-            let new = new_of(*index, before.as_ref());
+            let new = new_of(change, before.as_ref());
             if keep.old {
                 out.old.push((key, before));
             }
@@ -560,7 +594,7 @@ impl<R: Record> Table<R> {
         }
         records.extend_from_slice(&current[i..]);
         // Hashed by `hash_buckets` once the task's buckets are all rebuilt, eight at a time.
-        out.buckets.push((bucket, records.len(), tree::EMPTY));
+        out.buckets.push(RebuiltBucket { bucket, end: records.len(), hash: tree::EMPTY, stored });
     }
 
     /// Fills in the hashes of a task's rebuilt buckets (keccak256 of their committed bytes; an
@@ -573,9 +607,9 @@ impl<R: Record> Table<R> {
             bytes.extend_from_slice(r.committed());
         }
         let mut start = 0;
-        for (_, end, _) in &out.buckets {
-            ends.push((start * R::COMMITTED_BYTES, end * R::COMMITTED_BYTES));
-            start = *end;
+        for b in &out.buckets {
+            ends.push((start * R::COMMITTED_BYTES, b.end * R::COMMITTED_BYTES));
+            start = b.end;
         }
         // Buckets of equal length in blocks are hashed together: a batch runs as many
         // permutations as its longest message needs.
@@ -592,7 +626,7 @@ impl<R: Record> Table<R> {
             keccak::keccak256_each(&messages[..batch.len()], &mut digests);
             for (i, digest) in batch.iter().zip(digests) {
                 let (a, b) = ends[*i];
-                out.buckets[*i].2 = if a == b { tree::EMPTY } else { digest };
+                out.buckets[*i].hash = if a == b { tree::EMPTY } else { digest };
             }
         }
     }
