@@ -32,6 +32,7 @@ use alloy_primitives::{
     map::{HashMap, HashSet},
     Address, B256, U256,
 };
+use bytemuck::Zeroable;
 use rayon::prelude::*;
 use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY};
 use std::{
@@ -555,7 +556,9 @@ impl PersistentStore {
     fn plan(&self, tables: &Tables, keep_old: bool) -> Result<CheckpointPlan, StoreError> {
         let plan_slots = || {
             let keep = Keep { old: keep_old, presence: true };
-            tables.slots.plan(self.slot_changes(tables), keep)
+            let stored =
+                |r: &SlotRecord, _: Option<&SlotRecord>| (r.value != [0; 32]).then_some(*r);
+            tables.slots.plan_with(self.slot_changes(tables), SlotRecord::key, stored, keep)
         };
         let plan_accounts = || {
             // Each changed account with its new state (`None`: only its slot count may change).
@@ -730,30 +733,34 @@ impl PersistentStore {
         }
     }
 
-    /// The storage changes of the overlay: every stored slot of a wiped account is deleted, then
-    /// the slots written after override those deletions. Keys are unique.
-    fn slot_changes(&self, tables: &Tables) -> Vec<([u8; 52], Option<SlotRecord>)> {
-        let contracts: Vec<(&Address, &HashMap<U256, U256>)> =
-            self.pending.storage.iter().collect();
-        let written: usize = contracts.iter().map(|(_, s)| s.len()).sum();
-        fn changes_of<'a>(
-            address: &'a Address,
-            slots: &'a HashMap<U256, U256>,
-        ) -> impl Iterator<Item = ([u8; 52], Option<SlotRecord>)> + 'a {
-            slots.iter().map(move |(slot, value)| {
-                let record = (!value.is_zero()).then(|| SlotRecord {
+    /// The storage changes of the overlay, as the records to store (a zero value deletes):
+    /// every stored slot of a wiped account is deleted, then the slots written after override
+    /// those deletions. Keys are unique.
+    fn slot_changes(&self, tables: &Tables) -> Vec<SlotRecord> {
+        let fill = |(address, slots, out): (&Address, &HashMap<U256, U256>, &mut [SlotRecord])| {
+            for ((slot, value), r) in slots.iter().zip(out) {
+                *r = SlotRecord {
                     address: address.0 .0,
                     slot: slot.to_be_bytes(),
                     value: value.to_be_bytes(),
-                });
-                (slot_key(address, slot), record)
-            })
-        }
-        let mut changes: Vec<([u8; 52], Option<SlotRecord>)> = if written >= PARALLEL_SLOTS {
-            contracts.par_iter().flat_map_iter(|(a, s)| changes_of(a, s)).collect()
-        } else {
-            contracts.iter().flat_map(|(a, s)| changes_of(a, s)).collect()
+                };
+            }
         };
+        // Each contract's slots written straight into its own part of one vector.
+        let written: usize = self.pending.storage.values().map(HashMap::len).sum();
+        let mut changes = vec![SlotRecord::zeroed(); written];
+        let mut rest = changes.as_mut_slice();
+        let mut parts = Vec::with_capacity(self.pending.storage.len());
+        for (address, slots) in &self.pending.storage {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(slots.len());
+            parts.push((address, slots, part));
+            rest = tail;
+        }
+        if written >= PARALLEL_SLOTS {
+            parts.into_par_iter().for_each(fill);
+        } else {
+            parts.into_iter().for_each(fill);
+        }
         let wiped: Vec<Address> = self
             .pending
             .wiped
@@ -766,10 +773,10 @@ impl PersistentStore {
         if !wiped.is_empty() {
             // Rare (a pre-existing account's storage destroyed): scan the table once for all.
             let written: std::collections::HashSet<[u8; 52]> =
-                changes.iter().map(|(k, _)| *k).collect();
+                changes.iter().map(SlotRecord::key).collect();
             for r in tables.slots.records() {
                 if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key()) {
-                    changes.push((r.key(), None));
+                    changes.push(SlotRecord { value: [0; 32], ..*r });
                 }
             }
         }

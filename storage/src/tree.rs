@@ -99,7 +99,8 @@ fn hash_parents(file: &[u8], start: u64, families: &[&[(u64, Hash)]], out: &mut 
         // A short last batch hashes the previous batch's leftovers too; they are not used.
         keccak256_128x8(&inputs, &mut digests);
         for (k, (family, o)) in families.iter().zip(out).enumerate() {
-            let empty = inputs[k] == [0u8; 128];
+            // Four empty children (no memcmp call: word-wise, which vectorises).
+            let empty = inputs[k].chunks_exact(8).all(|w| w == [0u8; 8]);
             *o = (family[0].0 / FANOUT, if empty { EMPTY } else { digests[k] });
         }
     }
@@ -113,23 +114,36 @@ pub(crate) fn read_node(file: &[u8], index: u64) -> Hash {
 
 /// New node hashes after some buckets changed.
 pub(crate) struct TreeUpdate {
-    /// `(global node index, hash)` for every node that changed, buckets included.
-    pub(crate) nodes: Vec<(u64, Hash)>,
+    /// `(global node index, hash)` of the nodes that changed, buckets included: one vector per
+    /// level, bottom-up, each sorted by index. Kept as built (no copy into one list).
+    pub(crate) levels: Vec<Vec<(u64, Hash)>>,
     /// The new root.
     pub(crate) root: Hash,
+}
+
+impl TreeUpdate {
+    /// Every changed node, level by level.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &(u64, Hash)> {
+        self.levels.iter().flatten()
+    }
+
+    /// How many nodes changed.
+    pub(crate) fn len(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum()
+    }
 }
 
 /// Recomputes the paths above `buckets` (`(bucket, new hash)`, sorted by bucket, unique) over the
 /// tree stored in `file`, without writing it.
 pub(crate) fn update(file: &[u8], log2_buckets: u32, buckets: Vec<(u64, Hash)>) -> TreeUpdate {
     let levels = level_count(log2_buckets);
-    let mut nodes = Vec::with_capacity(buckets.len() * 3 + levels);
+    let mut done = Vec::with_capacity(levels);
     let mut changed = buckets;
     for level in 0..levels - 1 {
         let start = level_start(log2_buckets, level);
         // The changed children of one parent are adjacent (sorted by index).
-        let families: Vec<&[(u64, Hash)]> =
-            changed.chunk_by(|a, b| a.0 / FANOUT == b.0 / FANOUT).collect();
+        let mut families: Vec<&[(u64, Hash)]> = Vec::with_capacity(changed.len());
+        families.extend(changed.chunk_by(|a, b| a.0 / FANOUT == b.0 / FANOUT));
         let mut next = vec![(0, EMPTY); families.len()];
         if families.len() >= PARALLEL_NODES {
             next.par_chunks_mut(NODES_PER_TASK)
@@ -138,16 +152,23 @@ pub(crate) fn update(file: &[u8], log2_buckets: u32, buckets: Vec<(u64, Hash)>) 
         } else {
             hash_parents(file, start, &families, &mut next);
         }
-        nodes.extend(changed.iter().map(|(i, h)| (start + i, *h)));
-        changed = next;
+        drop(families);
+        // From level-local to global indices, in place.
+        for (i, _) in &mut changed {
+            *i += start;
+        }
+        done.push(std::mem::replace(&mut changed, next));
     }
     let top = level_start(log2_buckets, levels - 1);
     let root = match changed.first() {
         Some((_, h)) => *h,
         None => read_node(file, top),
     };
-    nodes.extend(changed.iter().map(|(i, h)| (top + i, *h)));
-    TreeUpdate { nodes, root }
+    for (i, _) in &mut changed {
+        *i += top;
+    }
+    done.push(changed);
+    TreeUpdate { levels: done, root }
 }
 
 /// The siblings on the path from `bucket` to the root, bottom-up: for each level, the three other
@@ -212,7 +233,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn apply(file: &mut [u8], update: &TreeUpdate) {
-        for (i, h) in &update.nodes {
+        for (i, h) in update.nodes() {
             file[*i as usize * 32..*i as usize * 32 + 32].copy_from_slice(h);
         }
     }
