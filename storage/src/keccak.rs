@@ -3,14 +3,15 @@
 //! A root update hashes hundreds of thousands of small, independent messages (touched buckets,
 //! then four-child tree nodes level by level), and one keccak-f[1600] permutation is its floor
 //! (see BENCHMARKS.md). A permutation works on 25 64-bit lanes, so eight of them fit side by side
-//! in 25 AVX-512 registers: on CPUs with AVX-512F, [`keccak256_each`] runs eight messages through
-//! one vectorised permutation (`vprolq` for the rotations, `vpternlogq` for θ's three-way XORs and
+//! in 25 AVX-512 registers: on CPUs with AVX-512F, [`PaddedMessages::hash_all`] runs eight
+//! messages through one vectorised permutation (`vprolq` for the rotations, `vpternlogq` for θ's three-way XORs and
 //! χ), which costs about what one scalar permutation costs. Elsewhere it falls back to the scalar
 //! `keccak256` (alloy's, assembly where available), message by message.
 //!
 //! Messages of different lengths can share a batch: each lane absorbs its own blocks, the batch
 //! runs as many permutations as its longest message needs, and each lane's digest is read out
-//! after its own last block.
+//! after its own last block. Messages are laid out once, already padded ([`PaddedMessages`]), so
+//! each block is gathered straight from them.
 
 /// A keccak256 digest.
 pub type Hash = [u8; 32];
@@ -21,27 +22,76 @@ pub const RATE: usize = 136;
 /// Messages hashed together by the vectorised permutation.
 pub const LANES: usize = 8;
 
-/// keccak256 of each message in `messages` into the same position of `out`.
-///
-/// # Panics
-/// If `out` is shorter than `messages`.
-pub fn keccak256_each(messages: &[&[u8]], out: &mut [Hash]) {
-    assert!(out.len() >= messages.len(), "one digest per message");
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        for (batch, digests) in messages.chunks(LANES).zip(out.chunks_mut(LANES)) {
-            if batch.len() == 1 {
-                digests[0] = keccak256(batch[0]).0;
-            } else {
-                // SAFETY: `available()` checked that this CPU has AVX-512F, the only feature the
-                // function is compiled for.
-                unsafe { x86::keccak256_x8(batch, digests) };
-            }
+/// Messages laid out one after another, each followed by its keccak padding: a batch of eight
+/// absorbs its blocks straight from here, with no copy per block.
+#[derive(Default)]
+pub struct PaddedMessages {
+    bytes: Vec<u8>,
+    /// `(start, length)` of each message in `bytes`.
+    messages: Vec<(usize, usize)>,
+}
+
+impl PaddedMessages {
+    /// Room for `messages` messages of `bytes` bytes in all.
+    pub fn with_capacity(bytes: usize, messages: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes + messages * RATE),
+            messages: Vec::with_capacity(messages),
         }
-        return;
     }
-    for (m, d) in messages.iter().zip(out.iter_mut()) {
-        *d = keccak256(m).0;
+
+    /// Messages pushed.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether no message was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Appends the message made of `parts`, then its padding (0x01, zeros, 0x80 in the last
+    /// byte of its last block).
+    pub fn push<'a>(&mut self, parts: impl IntoIterator<Item = &'a [u8]>) {
+        let start = self.bytes.len();
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        let len = self.bytes.len() - start;
+        let padded = (len / RATE + 1) * RATE;
+        self.bytes.resize(start + padded, 0);
+        // The last block holds at most 135 message bytes, so the 0x01 always fits (it shares
+        // the last byte with the 0x80 when the message ends one byte short of a block).
+        self.bytes[start + len] = 0x01;
+        self.bytes[start + padded - 1] |= 0x80;
+        self.messages.push((start, len));
+    }
+
+    /// keccak256 of every message into `out`, in push order. Eight consecutive messages are
+    /// hashed together and run as many permutations as the longest of them needs: push
+    /// messages of similar length next to each other.
+    ///
+    /// # Panics
+    /// If `out` is shorter than the messages.
+    pub fn hash_all(&self, out: &mut [Hash]) {
+        assert!(out.len() >= self.messages.len(), "one digest per message");
+        let scalar = |(start, len): &(usize, usize)| keccak256(&self.bytes[*start..start + len]).0;
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            for (batch, digests) in self.messages.chunks(LANES).zip(out.chunks_mut(LANES)) {
+                if batch.len() == 1 {
+                    digests[0] = scalar(&batch[0]);
+                } else {
+                    // SAFETY: `available()` checked that this CPU has AVX-512F, the only
+                    // feature the function is compiled for.
+                    unsafe { x86::keccak256_padded_x8(&self.bytes, batch, digests) };
+                }
+            }
+            return;
+        }
+        for (m, d) in self.messages.iter().zip(out.iter_mut()) {
+            *d = scalar(m);
+        }
     }
 }
 
@@ -60,7 +110,8 @@ pub fn keccak256_128x8(inputs: &[[u8; 128]; LANES], out: &mut [Hash; LANES]) {
     }
 }
 
-/// Whether [`keccak256_each`] runs the eight-way permutation on this CPU.
+/// Whether [`PaddedMessages::hash_all`] and [`keccak256_128x8`] run the eight-way permutation
+/// on this CPU.
 pub fn vectorised() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -101,32 +152,9 @@ const ROUND_CONSTANTS: [u64; 24] = [
     0x8000000080008008,
 ];
 
-/// Copies block `block` of `message`, keccak-padded, into `out` (zeros past the last block).
-/// Returns whether it was the last block.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn padded_block(message: &[u8], block: usize, out: &mut [u8; RATE]) -> bool {
-    let last = message.len() / RATE;
-    if block > last {
-        out.fill(0);
-        return false;
-    }
-    let start = block * RATE;
-    let end = (start + RATE).min(message.len());
-    let n = end - start;
-    out[..n].copy_from_slice(&message[start..end]);
-    if block < last {
-        return false;
-    }
-    // The last block holds at most 135 message bytes, so the 0x01 always fits.
-    out[n..].fill(0);
-    out[n] = 0x01;
-    out[RATE - 1] |= 0x80;
-    true
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{padded_block, Hash, LANES, RATE, ROUND_CONSTANTS};
+    use super::{Hash, LANES, RATE, ROUND_CONSTANTS};
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -204,21 +232,21 @@ mod x86 {
         }
     }
 
-    /// XORs the first `words` u64 words of each lane's block (`blocks[i]` for lane `i`) into
-    /// the state, one gather per word.
+    /// XORs `words` u64 words into the state from each lane's block: lane `i`'s starts at byte
+    /// `offsets[i]` of `bytes`. One gather per word.
     #[target_feature(enable = "avx512f")]
-    fn absorb<const N: usize>(state: &mut [__m512i; 25], blocks: &[[u8; N]; LANES], words: usize) {
-        assert!(words * 8 <= N && words <= 25, "a block holds at most N / 8 words");
-        // Word `w` of lane `i` is the u64 at index `(N / 8) * i + w` of `blocks`.
-        let s = (N / 8) as i64;
-        let rows = _mm512_set_epi64(7 * s, 6 * s, 5 * s, 4 * s, 3 * s, 2 * s, s, 0);
-        let base: *const i64 = blocks.as_ptr().cast();
+    fn absorb(state: &mut [__m512i; 25], bytes: &[u8], offsets: [usize; LANES], words: usize) {
+        assert!(words <= 25, "a block holds at most 25 words");
+        assert!(offsets.iter().all(|o| o + words * 8 <= bytes.len()), "blocks inside `bytes`");
+        let o = offsets.map(|o| o as i64);
+        let rows = _mm512_set_epi64(o[7], o[6], o[5], o[4], o[3], o[2], o[1], o[0]);
+        let base: *const i64 = bytes.as_ptr().cast();
         for (w, lane) in state.iter_mut().take(words).enumerate() {
-            let index = _mm512_add_epi64(rows, _mm512_set1_epi64(w as i64));
-            // SAFETY: every index `(N / 8) * i + w` (i < 8, w < words <= N / 8) addresses a
-            // u64 inside `blocks` (8 × N bytes); scale 8 turns u64 indices into byte offsets,
-            // and gathers need no alignment.
-            let v = unsafe { _mm512_i64gather_epi64::<8>(index, base) };
+            let index = _mm512_add_epi64(rows, _mm512_set1_epi64(8 * w as i64));
+            // SAFETY: every byte offset `offsets[i] + 8w` (w < words) starts a u64 that lies in
+            // `bytes` (asserted above); scale 1 takes the indices as byte offsets, and gathers
+            // need no alignment.
+            let v = unsafe { _mm512_i64gather_epi64::<1>(index, base) };
             *lane = _mm512_xor_si512(*lane, v);
         }
     }
@@ -250,7 +278,7 @@ mod x86 {
     pub(super) fn keccak256_128x8(inputs: &[[u8; 128]; LANES], digests: &mut [Hash; LANES]) {
         const PAD: i64 = 0x8000_0000_0000_0001_u64 as i64;
         let mut state = [_mm512_setzero_si512(); 25];
-        absorb(&mut state, inputs, 16);
+        absorb(&mut state, inputs.as_flattened(), std::array::from_fn(|i| i * 128), 16);
         state[16] = _mm512_set1_epi64(PAD);
         permute(&mut state);
         let words = squeeze(&state);
@@ -259,24 +287,32 @@ mod x86 {
         }
     }
 
-    /// keccak256 of up to eight messages (`digests[i]` for `messages[i]`).
+    /// keccak256 of up to eight messages padded in place in `bytes` (`(start, length)` each,
+    /// as [`super::PaddedMessages`] lays them out): `digests[i]` for `messages[i]`.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn keccak256_x8(messages: &[&[u8]], digests: &mut [Hash]) {
-        debug_assert!(messages.len() <= LANES && digests.len() >= messages.len());
-        let blocks = messages.iter().map(|m| m.len() / RATE + 1).max().unwrap_or(0);
+    pub(super) fn keccak256_padded_x8(
+        bytes: &[u8],
+        messages: &[(usize, usize)],
+        digests: &mut [Hash],
+    ) {
+        assert!(!messages.is_empty() && messages.len() <= LANES && digests.len() >= messages.len());
+        let blocks: [usize; LANES] =
+            std::array::from_fn(|i| messages.get(i).map_or(1, |(_, len)| len / RATE + 1));
+        let most = blocks.iter().copied().max().unwrap_or(1);
         let mut state = [_mm512_setzero_si512(); 25];
-        // Each lane's current block, padded.
-        let mut staged = [[0u8; RATE]; LANES];
-        for block in 0..blocks {
-            let mut finished = [false; LANES];
-            for (i, m) in messages.iter().enumerate() {
-                finished[i] = padded_block(m, block, &mut staged[i]);
-            }
-            absorb(&mut state, &staged, RATE / 8);
+        for block in 0..most {
+            // A lane past its last block (its digest already taken), or with no message, just
+            // absorbs some block again; its state is never read.
+            let offsets = std::array::from_fn(|i| {
+                let (start, _) = messages.get(i).copied().unwrap_or(messages[0]);
+                start + block.min(blocks[i] - 1) * RATE
+            });
+            absorb(&mut state, bytes, offsets, RATE / 8);
             permute(&mut state);
-            if finished.iter().any(|f| *f) {
+            let finished = |i: &usize| blocks[*i] == block + 1;
+            if (0..messages.len()).any(|i| finished(&i)) {
                 let words = squeeze(&state);
-                for (i, _) in finished.iter().enumerate().filter(|(_, f)| **f) {
+                for i in (0..messages.len()).filter(finished) {
                     digests[i] = digest_of(&words, i);
                 }
             }
@@ -294,9 +330,14 @@ mod tests {
     }
 
     fn batched(messages: &[Vec<u8>]) -> Vec<Hash> {
-        let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
-        let mut out = vec![[0u8; 32]; refs.len()];
-        keccak256_each(&refs, &mut out);
+        let mut padded = PaddedMessages::default();
+        for m in messages {
+            // In two parts, as a bucket's records are pushed.
+            let (a, b) = m.split_at(m.len() / 3);
+            padded.push([a, b]);
+        }
+        let mut out = vec![[0u8; 32]; padded.len()];
+        padded.hash_all(&mut out);
         out
     }
 

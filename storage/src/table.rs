@@ -81,16 +81,23 @@ impl Record for AccountRecord {
     }
 }
 
-/// Orders byte strings as `[u8]::cmp` does, but decides most pairs of (hash-like) keys on their
-/// first eight bytes, without a `memcmp` call: bucket merges compare every stored record.
+/// Orders byte strings as `[u8]::cmp` does, eight bytes at a time and without a `memcmp` call:
+/// bucket merges compare every stored record with a key, and keys are short.
 fn cmp_bytes(a: &[u8], b: &[u8]) -> Ordering {
-    if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
-        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+    let words = a.len().min(b.len()) / 8;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_be_bytes(x.try_into().expect("eight bytes"));
+        let y = u64::from_be_bytes(y.try_into().expect("eight bytes"));
         if x != y {
             return x.cmp(&y);
         }
     }
-    a.cmp(b)
+    for (x, y) in a[words * 8..].iter().zip(&b[words * 8..]) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// A storage slot: address, slot and value (big-endian).
@@ -617,33 +624,28 @@ impl<R: Record> Table<R> {
     /// empty bucket hashes to [`tree::EMPTY`]), several buckets per permutation where the CPU
     /// allows ([`crate::keccak`]).
     fn hash_buckets(out: &mut Rebuilt<R>) {
-        let mut bytes = Vec::with_capacity(out.records.len() * R::COMMITTED_BYTES);
-        let mut ends = Vec::with_capacity(out.buckets.len());
-        for r in &out.records {
-            bytes.extend_from_slice(r.committed());
-        }
+        let mut ranges = Vec::with_capacity(out.buckets.len());
         let mut start = 0;
         for b in &out.buckets {
-            ends.push((start * R::COMMITTED_BYTES, b.end * R::COMMITTED_BYTES));
+            ranges.push(start..b.end);
             start = b.end;
         }
-        // Buckets of equal length in blocks are hashed together: a batch runs as many
-        // permutations as its longest message needs.
-        let blocks = |(a, b): &(usize, usize)| (b - a) / keccak::RATE;
-        let mut order: Vec<usize> = (0..ends.len()).collect();
-        order.sort_unstable_by_key(|i| blocks(&ends[*i]));
-        let mut digests = [tree::EMPTY; keccak::LANES];
-        for batch in order.chunks(keccak::LANES) {
-            let mut messages: [&[u8]; keccak::LANES] = [&[]; keccak::LANES];
-            for (m, i) in messages.iter_mut().zip(batch) {
-                let (a, b) = ends[*i];
-                *m = &bytes[a..b];
-            }
-            keccak::keccak256_each(&messages[..batch.len()], &mut digests);
-            for (i, digest) in batch.iter().zip(digests) {
-                let (a, b) = ends[*i];
-                out.buckets[*i].hash = if a == b { tree::EMPTY } else { digest };
-            }
+        // Buckets of equal length in blocks are hashed together (a batch runs as many
+        // permutations as its longest message needs); empty ones keep the EMPTY hash.
+        let blocks = |i: &usize| ranges[*i].len() * R::COMMITTED_BYTES / keccak::RATE;
+        let mut order: Vec<usize> = (0..ranges.len()).filter(|i| !ranges[*i].is_empty()).collect();
+        order.sort_unstable_by_key(blocks);
+        let mut messages = keccak::PaddedMessages::with_capacity(
+            out.records.len() * R::COMMITTED_BYTES,
+            order.len(),
+        );
+        for i in &order {
+            messages.push(out.records[ranges[*i].clone()].iter().map(Record::committed));
+        }
+        let mut digests = vec![tree::EMPTY; order.len()];
+        messages.hash_all(&mut digests);
+        for (i, digest) in order.iter().zip(digests) {
+            out.buckets[*i].hash = digest;
         }
     }
 
