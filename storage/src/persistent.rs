@@ -2,10 +2,11 @@
 //! changes since the last checkpoint, with multi-version reads for views of older mini-blocks.
 //!
 //! Writes: each mini-block's [`StateDiff`] goes into the in-memory [`Overlay`] (persistent maps, so
-//! a view is an O(1) snapshot); the write-ahead log, owned by the caller, makes it durable. At each
-//! EVM block end, [`PersistentStore::commit`] plans the overlay's changes into both tables
-//! (rebuilding only the touched buckets, hashing them and their tree paths in parallel) and returns
-//! the block's state root at once. The I/O (journal the pre-images, write the tables in place,
+//! a view is an O(1) snapshot) and into [`Pending`] (plain hash maps, cheap for the checkpoint to
+//! walk); the write-ahead log, owned by the caller, makes it durable. At each EVM block end,
+//! [`PersistentStore::commit`] plans those changes into both tables (rebuilding only the touched
+//! buckets, hashing them and their tree paths in parallel) and returns the block's state root at
+//! once. The I/O (journal the pre-images, write the tables in place,
 //! msync, write the checksummed header; `checkpoint.rs`) runs on a checkpoint thread while the
 //! sequencer goes on sealing mini-blocks; the overlay it is writing stays readable as the frozen
 //! layer until then, and the next commit waits for it. So a block costs the sequencer the
@@ -149,9 +150,15 @@ impl Pending {
         }
     }
 
+    /// Empties the maps for the next block. They keep the capacity the block just committed
+    /// needed, not more: after a bulk load (a genesis of millions of accounts) a map that kept
+    /// its size would hold that memory for good and make every later insert a cache miss.
     fn clear(&mut self) {
+        let (accounts, storage) = (self.accounts.len(), self.storage.len());
         self.accounts.clear();
+        self.accounts.shrink_to(accounts);
         self.storage.clear();
+        self.storage.shrink_to(storage);
         self.wiped.clear();
     }
 }
