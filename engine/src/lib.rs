@@ -11,6 +11,7 @@
 //! embedding threads and only reads published views or enqueues commands.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod block_tries;
 pub mod chain;
 pub mod config;
 pub mod exec;

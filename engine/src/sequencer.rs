@@ -7,6 +7,7 @@
 //! reader could hold.
 
 use crate::{
+    block_tries::BlockTries,
     chain::{
         ChainView, IncludedTx, MiniBlock, MiniBlockSummary, OpenBlock, SealedBlock,
         MINI_BLOCK_HISTORY, STATE_HISTORY_BLOCKS,
@@ -113,6 +114,8 @@ pub(crate) struct Sequencer {
     next_mini_block: u64,
     executor: ParallelExecutor,
     durable: Option<Durable>,
+    /// The open block's transactions and receipts tries, fed as transactions are included.
+    tries: BlockTries,
     stopped: bool,
 }
 
@@ -200,6 +203,7 @@ impl Sequencer {
             pool_view: PoolView::default(),
             next_mini_block: 0,
             durable,
+            tries: BlockTries::default(),
             stopped: false,
         };
         if restart {
@@ -528,6 +532,10 @@ impl Sequencer {
                 open_next.log_count,
                 open.base_fee,
             ));
+            // A tries miss (say, a block reopened mid-way at a restart) only costs a full
+            // rebuild at the seal.
+            let _ =
+                self.tries.add(open.number, open_next.txs.len(), &inc.tx.envelope, &inc.receipt());
             open_next.log_count += inc.logs.len() as u32;
             open_next.bloom |= inc.bloom;
             open_next.txs.push_back(inc.clone());
@@ -574,17 +582,22 @@ impl Sequencer {
             Err(e) => return self.fatal("state checkpoint failed", e),
         };
         let commit_time = started.elapsed();
-        // The two tries are independent: build them side by side.
-        let (transactions_root, receipts_root) = rayon::join(
-            || {
-                let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
-                proofs::calculate_transaction_root(&envelopes)
-            },
-            || {
-                let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
-                proofs::calculate_receipt_root(&receipts)
-            },
-        );
+        // The tries were built as the block's transactions were included; from scratch only if
+        // they did not see exactly this block's transactions (the two side by side).
+        let tries = std::mem::take(&mut self.tries);
+        let (transactions_root, receipts_root) =
+            tries.roots(open.number, txs.len()).unwrap_or_else(|| {
+                rayon::join(
+                    || {
+                        let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();
+                        proofs::calculate_transaction_root(&envelopes)
+                    },
+                    || {
+                        let receipts: Vec<_> = txs.iter().map(|t| t.receipt()).collect();
+                        proofs::calculate_receipt_root(&receipts)
+                    },
+                )
+            });
         let header = prague_header(Header {
             parent_hash: open.parent_hash,
             beneficiary: self.config.beneficiary,
