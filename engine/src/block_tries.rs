@@ -128,8 +128,8 @@ mod tests {
     }
 
     proptest! {
-        /// Fed one by one (in any split over mini-blocks), the tries give alloy's ordered-trie
-        /// roots for every count around the index-0 boundary and beyond.
+        /// Fed one transaction at a time (as mini-blocks feed them), the tries give alloy's
+        /// ordered-trie roots for every count around the index-0 boundary and beyond.
         #[test]
         fn equals_alloy_ordered_root(count in prop_oneof![0usize..140, 120usize..400], seed in any::<u64>()) {
             let items: Vec<Raw> = (0..count)

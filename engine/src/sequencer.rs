@@ -249,6 +249,10 @@ impl Sequencer {
             }
             while mini.block_number > self.view.open.number {
                 self.seal_evm_block();
+                // A failed seal leaves the block open: stop instead of sealing it forever.
+                if let Some(e) = self.shared.fatal.get() {
+                    return Err(recovery(e.clone()));
+                }
             }
             if self.view.open.mini_block_count == 0 {
                 let parent = self.view.head().clone();
@@ -587,6 +591,11 @@ impl Sequencer {
         let tries = std::mem::take(&mut self.tries);
         let (transactions_root, receipts_root) =
             tries.roots(open.number, txs.len()).unwrap_or_else(|| {
+                tracing::debug!(
+                    number = open.number,
+                    txs = txs.len(),
+                    "block tries incomplete: building them at the seal"
+                );
                 rayon::join(
                     || {
                         let envelopes: Vec<_> = txs.iter().map(|t| t.tx.envelope.clone()).collect();

@@ -121,8 +121,8 @@ impl Overlay {
 /// The overlay's changes once more, in plain hash maps: what a checkpoint walks. The persistent
 /// maps of [`Overlay`] make a view an O(1) snapshot, but walking one takes a chain of cache
 /// misses per entry (it was a sixth of a 100k-key root update); these cost one insert more per
-/// change in `apply`, spread over the block's mini-blocks, and keep their capacity from block
-/// to block.
+/// change in `apply`, spread over the block's mini-blocks. The outer maps keep the capacity the
+/// last block needed (the per-contract slot maps are dropped with each checkpoint).
 #[derive(Default)]
 struct Pending {
     accounts: HashMap<Address, Option<AccountState>>,
