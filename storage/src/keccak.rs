@@ -243,9 +243,8 @@ mod x86 {
         let base: *const i64 = bytes.as_ptr().cast();
         for (w, lane) in state.iter_mut().take(words).enumerate() {
             let index = _mm512_add_epi64(rows, _mm512_set1_epi64(8 * w as i64));
-            // SAFETY: every byte offset `offsets[i] + 8w` (w < words) starts a u64 that lies in
-            // `bytes` (asserted above); scale 1 takes the indices as byte offsets, and gathers
-            // need no alignment.
+            // SAFETY: each u64 at byte `offsets[i] + 8w` (w < words) lies in `bytes` (asserted
+            // above); scale 1 reads the indices as byte offsets; gathers need no alignment.
             let v = unsafe { _mm512_i64gather_epi64::<1>(index, base) };
             *lane = _mm512_xor_si512(*lane, v);
         }

@@ -552,8 +552,8 @@ impl PersistentStore {
         self.base.read().accounts.get(&address.0 .0).map(|r| u64::from_le_bytes(r.slot_count))
     }
 
-    /// Plans the overlay's changes into both tables (the read-only part of a checkpoint), with
-    /// the old values of every changed key when `keep_old`.
+    /// Plans the block's changes ([`Pending`]) into both tables (the read-only part of a
+    /// checkpoint), with the old values of every changed key when `keep_old`.
     ///
     /// The two tables are planned side by side. They meet in one place: an account record keeps
     /// the number of slots its contract has, which the slot plan decides. That count is
@@ -569,8 +569,6 @@ impl PersistentStore {
         };
         let plan_accounts = || {
             // Each changed account with its new state (`None`: only its slot count may change).
-            // One pass over the persistent map: a lookup in it per account costs a chain of
-            // cache misses.
             let pending = &self.pending;
             let mut accounts: Vec<(Address, Option<Option<AccountState>>)> =
                 Vec::with_capacity(pending.accounts.len() + pending.storage.len());
@@ -740,7 +738,7 @@ impl PersistentStore {
         }
     }
 
-    /// The storage changes of the overlay, as the records to store (a zero value deletes):
+    /// The block's storage changes ([`Pending`]), as the records to store (a zero value deletes):
     /// every stored slot of a wiped account is deleted, then the slots written after override
     /// those deletions. Keys are unique.
     fn slot_changes(&self, tables: &Tables) -> Vec<SlotRecord> {

@@ -27,7 +27,7 @@ use crate::{
 };
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
-use std::{cmp::Ordering, marker::PhantomData, path::Path};
+use std::{cmp::Ordering, marker::PhantomData, ops::Range, path::Path};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Smallest bucket segment, in records.
@@ -244,10 +244,8 @@ impl<R: Record> TablePlan<R> {
         );
         let mut entries = self.entries.iter();
         for task in &self.rebuilt {
-            let mut start = 0;
-            for (b, (entry, _)) in task.buckets.iter().zip(entries.by_ref()) {
-                let records = &task.records[start..b.end];
-                start = b.end;
+            for ((_, range), (entry, _)) in task.bucket_ranges().zip(entries.by_ref()) {
+                let records = &task.records[range];
                 if !records.is_empty() {
                     let offset = entry.offset * record_bytes as u64;
                     out.push(TableFile::Dat, offset, bytemuck::cast_slice(records));
@@ -344,6 +342,18 @@ struct Rebuilt<R: Record> {
     records: Vec<R>,
     old: Vec<(R::Key, Option<R>)>,
     presence: Vec<(R::Key, bool, bool)>,
+}
+
+impl<R: Record> Rebuilt<R> {
+    /// Each bucket with the range of its records in `records`.
+    fn bucket_ranges(&self) -> impl Iterator<Item = (&RebuiltBucket, Range<usize>)> {
+        let mut start = 0;
+        self.buckets.iter().map(move |b| {
+            let range = start..b.end;
+            start = b.end;
+            (b, range)
+        })
+    }
 }
 
 impl<R: Record> Table<R> {
@@ -542,10 +552,8 @@ impl<R: Record> Table<R> {
         let mut old = Vec::new();
         let mut presence = Vec::new();
         for task in &mut rebuilt {
-            let mut start = 0;
-            for b in &task.buckets {
-                let len = (b.end - start) as u32;
-                start = b.end;
+            for (b, range) in task.bucket_ranges() {
+                let len = range.len() as u32;
                 let e = b.stored;
                 count = count + len as u64 - e.len as u64;
                 let mut entry = DirEntry { len, ..e };
@@ -624,12 +632,7 @@ impl<R: Record> Table<R> {
     /// empty bucket hashes to [`tree::EMPTY`]), several buckets per permutation where the CPU
     /// allows ([`crate::keccak`]).
     fn hash_buckets(out: &mut Rebuilt<R>) {
-        let mut ranges = Vec::with_capacity(out.buckets.len());
-        let mut start = 0;
-        for b in &out.buckets {
-            ranges.push(start..b.end);
-            start = b.end;
-        }
+        let ranges: Vec<Range<usize>> = out.bucket_ranges().map(|(_, range)| range).collect();
         // Buckets of equal length in blocks are hashed together (a batch runs as many
         // permutations as its longest message needs); empty ones keep the EMPTY hash.
         let blocks = |i: &usize| ranges[*i].len() * R::COMMITTED_BYTES / keccak::RATE;
