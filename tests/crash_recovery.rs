@@ -1,6 +1,6 @@
 //! Crash torture in the test suite: 50 SIGKILLs of a persistent node under sync-send load, each
-//! followed by a restart that must keep every acknowledged receipt and a full re-execution from
-//! genesis that must reproduce every state root. `tools/crash-test.sh N` runs any count
+//! followed by a restart that must keep every acknowledged receipt and every served block hash,
+//! and a full re-execution from genesis that must reproduce every state root. `tools/crash-test.sh N` runs any count
 //! (`STROBE_CRASH_ITERATIONS`, `STROBE_CRASH_VERIFY_EVERY`, `STROBE_CRASH_SEED` override the
 //! defaults; `STROBE_CRASH_LOG` keeps the nodes' log in a file of your choice).
 
@@ -44,5 +44,9 @@ fn killed_node_keeps_every_acknowledged_transaction() {
         "too little load to mean anything: {report:?}"
     );
     assert!(report.receipts_checked >= report.acknowledged);
+    assert!(
+        report.blocks_checked > iterations as usize,
+        "the head watcher saw no blocks: {report:?}"
+    );
     assert_eq!(report.verifications, iterations / opts.verify_every + 1);
 }

@@ -107,6 +107,8 @@ pub struct MiniBlock {
     pub txs: Vec<Arc<IncludedTx>>,
     /// The state it changed.
     pub diff: Arc<StateDiff>,
+    /// Whether it is the last mini-block of its EVM block (the block is sealed right after it).
+    pub closes_block: bool,
 }
 
 /// A sealed EVM block.

@@ -7,11 +7,14 @@
 //! time ([`chain::SealedBlock`]). Readers see the chain through atomically published
 //! [`chain::ChainView`]s. [`node::Engine`] is the embedding API over all of it.
 //!
-//! Threads: one sequencer thread (pinnable); every other entry point is called from network or
-//! embedding threads and only reads published views or enqueues commands.
+//! Threads: one sequencer thread (pinnable), the execution workers it drives, the state store's
+//! checkpoint thread and, for a durable engine, the block writer that stores sealed blocks off the
+//! sequencer's tick. Every other entry point is called from network or embedding threads and only
+//! reads published views or enqueues commands.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod block_tries;
+mod block_writer;
 pub mod chain;
 pub mod config;
 pub mod exec;
@@ -44,7 +47,7 @@ pub enum EngineError {
     /// The data directory's parts do not fit together.
     #[error("recovery: {0}")]
     Recovery(String),
-    /// The sequencer thread could not be spawned.
-    #[error("could not start the sequencer thread: {0}")]
+    /// The sequencer thread or the block writer thread could not be spawned.
+    #[error("could not start an engine thread: {0}")]
     Thread(std::io::Error),
 }

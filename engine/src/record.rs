@@ -49,6 +49,8 @@ pub struct MiniBlockRecord {
     pub txs: Vec<TxRecord>,
     /// The state it changed.
     pub diff: StateDiff,
+    /// Whether its EVM block was sealed right after it.
+    pub closes_block: bool,
 }
 
 fn encode_tx(e: &mut Encoder, inc: &IncludedTx) {
@@ -140,6 +142,7 @@ pub fn encode_mini_block(mini: &MiniBlock) -> Vec<u8> {
         encode_tx(&mut e, inc);
     }
     mini.diff.encode(&mut e);
+    e.bool(mini.closes_block);
     e.buf
 }
 
@@ -157,8 +160,20 @@ pub fn decode_mini_block(bytes: &[u8]) -> Result<MiniBlockRecord, DecodeError> {
         txs.push(decode_tx(&mut d)?);
     }
     let diff = StateDiff::decode(&mut d)?;
+    // Records written before the flag existed end after the diff; replay seals their blocks when
+    // the next block's first record arrives, as it always did.
+    let closes_block = if d.is_empty() { false } else { d.bool()? };
     d.finish()?;
-    Ok(MiniBlockRecord { number, block_number, index, timestamp_us, block_timestamp, txs, diff })
+    Ok(MiniBlockRecord {
+        number,
+        block_number,
+        index,
+        timestamp_us,
+        block_timestamp,
+        txs,
+        diff,
+        closes_block,
+    })
 }
 
 /// Encodes a sealed block for the chain store.
@@ -292,8 +307,18 @@ mod tests {
             gas_used: 21_000,
             txs: vec![inc.clone()],
             diff: Arc::new(diff.clone()),
+            closes_block: true,
         };
-        let back = decode_mini_block(&encode_mini_block(&mini)).unwrap();
+        let bytes = encode_mini_block(&mini);
+        let back = decode_mini_block(&bytes).unwrap();
+        assert!(back.closes_block);
+        // A record from before the flag existed (it ends after the diff) still decodes.
+        let older = decode_mini_block(&bytes[..bytes.len() - 1]).unwrap();
+        assert!(!older.closes_block);
+        assert_eq!(older.diff, diff);
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() = 7;
+        assert!(decode_mini_block(&bad).is_err(), "a flag byte other than 0 or 1 is corrupt");
         assert_eq!(
             (back.number, back.block_number, back.index, back.timestamp_us, back.block_timestamp),
             (9, 4, 2, 123, 1)

@@ -8,6 +8,7 @@
 
 use crate::{
     block_tries::BlockTries,
+    block_writer::{append_block, BlockWriter},
     chain::{
         ChainView, IncludedTx, MiniBlock, MiniBlockSummary, OpenBlock, SealedBlock,
         MINI_BLOCK_HISTORY, STATE_HISTORY_BLOCKS,
@@ -31,8 +32,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use strobe_storage::{
-    AccountChange, AccountState, BlockRecord, ChainStore, StateDiff, StateStore, ViewDb, Wal,
-    WalRecord,
+    AccountChange, AccountState, ChainStore, StateDiff, StateStore, ViewDb, Wal, WalRecord,
 };
 
 /// A one-shot callback run on the sequencer thread; it must not block.
@@ -88,6 +88,13 @@ pub struct Durable {
     pub chain: ChainStore,
 }
 
+/// The sequencer's side of [`Durable`]: the log it appends to, and the thread that stores its
+/// sealed blocks.
+struct Logged {
+    wal: Wal,
+    blocks: BlockWriter,
+}
+
 /// What readers see of the pool.
 #[derive(Clone, Debug, Default)]
 pub struct PoolView {
@@ -113,7 +120,7 @@ pub(crate) struct Sequencer {
     pool_view: PoolView,
     next_mini_block: u64,
     executor: ParallelExecutor,
-    durable: Option<Durable>,
+    durable: Option<Logged>,
     /// The open block's transactions and receipts tries, fed as transactions are included.
     tries: BlockTries,
     stopped: bool,
@@ -158,6 +165,13 @@ impl Sequencer {
             }
             sealed.push_back(Arc::new(genesis_block));
         }
+        let durable = match durable {
+            Some(Durable { wal, chain }) => Some(Logged {
+                wal,
+                blocks: BlockWriter::spawn(chain).map_err(crate::EngineError::Thread)?,
+            }),
+            None => None,
+        };
         let head = sealed.back().expect("genesis is always sealed").clone();
         let state = store.view();
         let mut block_states = imbl::OrdMap::new();
@@ -259,8 +273,15 @@ impl Sequencer {
                 self.view.open = Arc::new(open_after(&parent, &self.config, mini.block_timestamp));
             }
             self.next_mini_block = mini.number;
-            self.include(mini.txs, mini.diff, mini.timestamp_us)?;
+            self.include(mini.txs, mini.diff, mini.timestamp_us, mini.closes_block)?;
             replayed += 1;
+            if mini.closes_block {
+                // The block was sealed (and maybe served) right after this record was synced.
+                self.seal_evm_block();
+                if let Some(e) = self.shared.fatal.get() {
+                    return Err(recovery(e.clone()));
+                }
+            }
         }
         if let Some(next) = caught_up.take() {
             self.commit_caught_up(next, head)?;
@@ -337,7 +358,10 @@ impl Sequencer {
                     Err(RecvTimeoutError::Timeout) => break,
                 }
             }
-            self.seal_mini_block();
+            // The mini-block that reaches the block time closes the block; its log record says
+            // so, which lets recovery re-seal the block exactly as it is sealed below.
+            let closes_block = Instant::now() >= block_deadline;
+            self.seal_mini_block(closes_block);
             let now = Instant::now();
             if now >= next_tick {
                 next_tick += tick;
@@ -347,7 +371,7 @@ impl Sequencer {
                     next_tick += tick * missed as u32;
                 }
             }
-            if now >= block_deadline {
+            if closes_block && !self.stopped {
                 self.seal_evm_block();
                 block_deadline += self.config.block_time;
                 if block_deadline <= now {
@@ -439,7 +463,7 @@ impl Sequencer {
         }
     }
 
-    fn seal_mini_block(&mut self) {
+    fn seal_mini_block(&mut self, closes_block: bool) {
         let open = self.view.open.clone();
         let block_left = open.gas_limit - open.gas_used;
         let mut mini_left = self.config.mini_block_gas_limit.min(block_left);
@@ -476,16 +500,22 @@ impl Sequencer {
                 }
             }
         }
-        let mini = match self.include(records, diff, now_us()) {
+        let mini = match self.include(records, diff, now_us(), closes_block) {
             Ok(mini) => mini,
             Err(e) => return self.fatal("state store failed to apply a mini-block", e),
         };
         if let Some(d) = &mut self.durable {
             // Receipts and the new state are released only once the record is durable. Empty
-            // mini-blocks ride along with the next sync (nothing was acknowledged in them).
+            // mini-blocks ride along with the next sync (nothing was acknowledged in them),
+            // unless they close a block, which is served as soon as it is sealed.
             let logged = d.wal.append(mini.number, &record::encode_mini_block(&mini));
-            let synced =
-                logged.and_then(|()| if mini.txs.is_empty() { Ok(()) } else { d.wal.sync() });
+            let synced = logged.and_then(|()| {
+                if mini.txs.is_empty() && !closes_block {
+                    Ok(())
+                } else {
+                    d.wal.sync()
+                }
+            });
             if let Err(e) = synced {
                 return self.fatal("write-ahead log failed", e);
             }
@@ -521,6 +551,7 @@ impl Sequencer {
         txs: Vec<TxRecord>,
         diff: StateDiff,
         timestamp_us: u64,
+        closes_block: bool,
     ) -> Result<Arc<MiniBlock>, strobe_storage::StoreError> {
         self.store.apply(&diff)?;
         let open = self.view.open.clone();
@@ -555,6 +586,7 @@ impl Sequencer {
             gas_used: included.iter().map(|t| t.gas_used).sum(),
             txs: included,
             diff: Arc::new(diff),
+            closes_block,
         });
         self.next_mini_block += 1;
         for inc in &mini.txs {
@@ -581,6 +613,14 @@ impl Sequencer {
         let open = self.view.open.clone();
         let started = Instant::now();
         let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
+        // Recovery can re-seal only one block that the state checkpoint is ahead of the chain
+        // store by, so this block's checkpoint waits until its parent is stored (long done at
+        // one-second blocks: this is a check, not a wait).
+        if let Some(d) = &self.durable {
+            if let Err(e) = d.blocks.wait_stored(open.number - 1) {
+                return self.fatal("storing a sealed block failed", e);
+            }
+        }
         let state_root = match self.store.commit(self.next_mini_block, open.number) {
             Ok(root) => root,
             Err(e) => return self.fatal("state checkpoint failed", e),
@@ -625,18 +665,16 @@ impl Sequencer {
         let block = Arc::new(seal(header, txs, open.mini_block_count));
         let header_time = started.elapsed();
         if let Some(d) = &mut self.durable {
-            let stored = d
-                .wal
-                .sync()
-                .map_err(|e| e.to_string())
-                .and_then(|()| append_block(&mut d.chain, &block).map_err(|e| e.to_string()));
-            // Only what a durable checkpoint holds may leave the log.
+            // Records leave the log once a durable checkpoint and the chain store both hold their
+            // block. The checkpoint that `commit` found durable is at most the parent's, and the
+            // chain store holds the parent (waited for above).
             let durable = self.store.last_commit().map_or(0, |(next, _)| next);
-            let trimmed = stored.and_then(|()| match durable.checked_sub(1) {
+            let logged = d.wal.sync().map_err(|e| e.to_string());
+            let trimmed = logged.and_then(|()| match durable.checked_sub(1) {
                 Some(last) => d.wal.trim(last).map_err(|e| e.to_string()),
                 None => Ok(()),
             });
-            if let Err(e) = trimmed {
+            if let Err(e) = trimmed.and_then(|()| d.blocks.submit(block.clone())) {
                 return self.fatal("storing the sealed block failed", e);
             }
         }
@@ -661,7 +699,7 @@ impl Sequencer {
             txs = block.txs.len(),
             commit_us = commit_time.as_micros() as u64,
             roots_us = (header_time - commit_time).as_micros() as u64,
-            store_us = (stored_time - header_time).as_micros() as u64,
+            log_us = (stored_time - header_time).as_micros() as u64,
             seal_us = started.elapsed().as_micros() as u64,
             "block sealed"
         );
@@ -762,22 +800,6 @@ fn build_genesis(
     Ok(seal(header, Vec::new(), 0))
 }
 
-/// Appends `block` to the chain store and makes it durable.
-fn append_block(
-    chain: &mut ChainStore,
-    block: &SealedBlock,
-) -> Result<(), strobe_storage::ChainStoreError> {
-    let tx_hashes: Vec<B256> = block.txs.iter().map(|t| t.tx.hash).collect();
-    let bytes = record::encode_block(block);
-    chain.append(&BlockRecord {
-        number: block.header.number,
-        hash: block.hash,
-        tx_hashes: &tx_hashes,
-        bytes: &bytes,
-    })?;
-    chain.sync()
-}
-
 /// Fills the fields every strobe header has in common: no ommers, no proof-of-work, no
 /// withdrawals, no blobs, no beacon root and no execution-layer requests (Prague layout), and an
 /// empty transactions/receipts root when the header has none.
@@ -837,3 +859,7 @@ pub(crate) fn try_send(tx: &Sender<Command>, cmd: Command) -> Result<(), TxError
         TrySendError::Disconnected(_) => TxError::Unavailable("node is shutting down"),
     })
 }
+
+#[cfg(test)]
+#[path = "sequencer_tests.rs"]
+mod tests;

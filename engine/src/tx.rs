@@ -348,9 +348,13 @@ pub(crate) mod tests {
         }
     }
 
-    /// An EIP-1559 transaction signed with libsecp256k1 by the first anvil/hardhat dev key,
-    /// whose address is well known.
-    pub(crate) fn sample() -> (Vec<u8>, Address) {
+    /// The first anvil/hardhat dev key's address, which is well known.
+    pub(crate) const DEV_ADDRESS: Address =
+        alloy_primitives::address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+
+    /// An EIP-1559 transfer of `value` wei to `0xaa…aa`, signed with libsecp256k1 by the first
+    /// anvil/hardhat dev key ([`DEV_ADDRESS`]).
+    pub(crate) fn signed_transfer(chain_id: u64, nonce: u64, value: u64) -> Vec<u8> {
         use alloy_consensus::{SignableTransaction, TxEip1559};
         use alloy_eips::eip2718::Encodable2718;
         let key = secp256k1::SecretKey::from_secret_bytes(
@@ -361,13 +365,13 @@ pub(crate) mod tests {
         )
         .unwrap();
         let tx = TxEip1559 {
-            chain_id: 1,
-            nonce: 3,
+            chain_id,
+            nonce,
             gas_limit: 21_000,
             max_fee_per_gas: 2_000_000_000,
             max_priority_fee_per_gas: 1_000_000_000,
             to: alloy_primitives::TxKind::Call(Address::repeat_byte(0xaa)),
-            value: U256::from(5),
+            value: U256::from(value),
             access_list: Default::default(),
             input: Default::default(),
         };
@@ -380,8 +384,12 @@ pub(crate) mod tests {
             U256::from_be_slice(&bytes[32..]),
             recid == secp256k1::ecdsa::RecoveryId::One,
         );
-        let raw = TxEnvelope::from(tx.into_signed(sig)).encoded_2718();
-        (raw, alloy_primitives::address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"))
+        TxEnvelope::from(tx.into_signed(sig)).encoded_2718()
+    }
+
+    /// A signed transfer on chain 1 and its sender.
+    pub(crate) fn sample() -> (Vec<u8>, Address) {
+        (signed_transfer(1, 3, 5), DEV_ADDRESS)
     }
 
     #[test]

@@ -152,6 +152,10 @@ impl<'a> Decoder<'a> {
         }
         Ok(n)
     }
+    /// Whether every byte was read (for a trailing field that older records lack).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
     /// Fails unless every byte was read.
     pub fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {

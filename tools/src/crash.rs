@@ -2,11 +2,12 @@
 //! SIGKILL at random moments and restarted, again and again.
 //!
 //! After every restart, every transaction whose receipt a client received before the kill must be
-//! present with the same receipt. After every kill (every `verify_every` kills, and always at the
+//! present with the same receipt, and every sealed block a client was served (a watcher polls the
+//! head) must still have the same hash. After every kill (every `verify_every` kills, and always at the
 //! end), `strobe db verify` re-executes all stored blocks from genesis into a fresh store and must
 //! find every receipt and state root, including the data directory's own checkpoint root, equal.
 //!
-//! Threads: one per load client (blocking HTTP), plus the caller's.
+//! Threads: one per load client (blocking HTTP), the head watcher, plus the caller's.
 
 use crate::client::{await_rpc_url, dev_signer, quantity, signed_hex, Client, CHAIN_ID};
 use alloy_consensus::TxEip1559;
@@ -74,6 +75,8 @@ pub struct CrashReport {
     pub acknowledged: usize,
     /// Receipt comparisons made after restarts.
     pub receipts_checked: usize,
+    /// Served block hashes compared after restarts.
+    pub blocks_checked: usize,
     /// Full re-executions that passed.
     pub verifications: u32,
     /// Blocks in the chain at the end.
@@ -85,6 +88,12 @@ pub struct CrashReport {
 struct Acked {
     hash: String,
     receipt: Value,
+}
+
+/// A sealed block as a client saw it before a kill.
+struct Served {
+    number: u64,
+    hash: String,
 }
 
 struct Rng(u64);
@@ -109,6 +118,7 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
     let mut report = CrashReport::default();
     let mut unchecked: Vec<Acked> = Vec::new();
     let mut all: Vec<Acked> = Vec::new();
+    let mut served: Vec<Served> = Vec::new();
     for iteration in 0..opts.iterations {
         let (mut node, url, restart_ms) = start(opts, datadir)?;
         report.max_restart_ms = report.max_restart_ms.max(restart_ms);
@@ -117,6 +127,10 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
             check_receipt(&mut client, &a).map_err(|e| format!("after kill {iteration}: {e}"))?;
             report.receipts_checked += 1;
             all.push(a);
+        }
+        for b in &served {
+            check_block(&mut client, b).map_err(|e| format!("after kill {iteration}: {e}"))?;
+            report.blocks_checked += 1;
         }
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +141,11 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
                 std::thread::spawn(move || load(&url, i, seed, &acked, &stop))
             })
             .collect();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let watcher = {
+            let (url, heads, stop) = (url.clone(), heads.clone(), stop.clone());
+            std::thread::spawn(move || watch_heads(&url, &heads, &stop))
+        };
         std::thread::sleep(Duration::from_millis(rng.range(opts.run_ms.0, opts.run_ms.1)));
         node.kill().map_err(|e| format!("kill: {e}"))?;
         let _ = node.wait();
@@ -134,6 +153,8 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
         for c in clients {
             let _ = c.join();
         }
+        let _ = watcher.join();
+        served.extend(heads.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
         unchecked.extend(acked.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
         report.acknowledged += unchecked.len();
         if (iteration + 1) % opts.verify_every.max(1) == 0 {
@@ -149,6 +170,10 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
     for a in &all {
         check_receipt(&mut client, a).map_err(|e| format!("final check: {e}"))?;
         report.receipts_checked += 1;
+    }
+    for b in &served {
+        check_block(&mut client, b).map_err(|e| format!("final check: {e}"))?;
+        report.blocks_checked += 1;
     }
     let head = client.rpc("eth_blockNumber", json!([])).map_err(|e| e.to_string())?;
     report.blocks = quantity(&head["result"]).unwrap_or(0) + 1;
@@ -237,6 +262,40 @@ fn load(url: &str, account: u32, seed: u64, acked: &Mutex<Vec<Acked>>, stop: &At
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// Polls the head block until the node dies or `stop`, recording each new block it is served:
+/// the kill often lands between a block being served and the next block's first record.
+fn watch_heads(url: &str, heads: &Mutex<Vec<Served>>, stop: &AtomicBool) {
+    let Ok(mut client) = Client::connect(url) else { return };
+    let _ = client.set_timeout(Duration::from_secs(10));
+    let mut last = None;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(v) = client.rpc("eth_getBlockByNumber", json!(["latest", false])) else { return };
+        let number = quantity(&v["result"]["number"]);
+        let hash = v["result"]["hash"].as_str().map(str::to_string);
+        if let (Some(number), Some(hash)) = (number, hash) {
+            if last != Some(number) {
+                last = Some(number);
+                heads.lock().unwrap_or_else(|p| p.into_inner()).push(Served { number, hash });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn check_block(client: &mut Client, b: &Served) -> Result<(), String> {
+    let v = client
+        .rpc("eth_getBlockByNumber", json!([format!("{:#x}", b.number), false]))
+        .map_err(|e| format!("block query: {e}"))?;
+    match v["result"]["hash"].as_str() {
+        Some(hash) if hash == b.hash => Ok(()),
+        Some(hash) => Err(format!(
+            "block {} was served as {} before the kill and is {hash} after the restart",
+            b.number, b.hash
+        )),
+        None => Err(format!("served block {} ({}) is missing after restart", b.number, b.hash)),
     }
 }
 

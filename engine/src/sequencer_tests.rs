@@ -1,0 +1,109 @@
+//! Recovery of a durable sequencer from the files a crash leaves behind.
+
+use super::*;
+use crate::{
+    config::GenesisAccount,
+    tx::{
+        decode_and_recover,
+        tests::{signed_transfer, DEV_ADDRESS},
+        IntakeRules,
+    },
+};
+use std::path::{Path, PathBuf};
+use strobe_storage::{ChainStoreOptions, PersistentStore, StoreOptions, WalOptions};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("strobe-seq-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn genesis() -> Genesis {
+    let funded = GenesisAccount { balance: U256::from(10u128.pow(24)), ..Default::default() };
+    Genesis { alloc: vec![(DEV_ADDRESS, funded)], timestamp: 1_700_000_000, ..Default::default() }
+}
+
+/// Opens (or creates) a durable sequencer in `dir`, as `Engine::open` does.
+fn open(dir: &Path) -> Sequencer {
+    let options = StoreOptions { accounts_log2_buckets: 8, slots_log2_buckets: 8 };
+    let store = PersistentStore::open(&dir.join("state"), options).unwrap();
+    let (wal, records) = Wal::open(&dir.join("wal"), WalOptions::default()).unwrap();
+    let chain = ChainStore::open(&dir.join("chain"), ChainStoreOptions::default()).unwrap();
+    let durable = Some((Durable { wal, chain }, records));
+    Sequencer::new(ChainConfig::default(), &genesis(), Box::new(store), durable).unwrap().0
+}
+
+fn submit(seq: &mut Sequencer, nonce: u64) {
+    let rules = IntakeRules {
+        chain_id: seq.config.chain_id,
+        block_gas_limit: seq.config.block_gas_limit,
+        base_fee: seq.view.open.base_fee,
+        min_priority_fee_wei: seq.config.min_priority_fee_wei,
+    };
+    let raw = signed_transfer(seq.config.chain_id, nonce, 1 + nonce);
+    let tx = decode_and_recover(&raw, &rules).unwrap();
+    seq.admit(Submission { tx, reject_gap: true, on_accept: None, on_receipt: None });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The files as a crash leaves them right after a block's last mini-block is logged, before
+/// the block is checkpointed or stored: the block was served from memory a moment later, so a
+/// restart must seal it to the same hash.
+#[test]
+fn a_block_served_before_it_is_stored_is_resealed_identically() {
+    let live = scratch("live");
+    let crashed = scratch("crashed");
+    let mut seq = open(&live);
+    let mut nonce = 0;
+    // Block 1 sealed the normal way, then block 2 up to its closing mini-block.
+    for closes in [false, true, false, false, true] {
+        for _ in 0..3 {
+            submit(&mut seq, nonce);
+            nonce += 1;
+        }
+        seq.seal_mini_block(closes);
+        if closes && seq.view.open.number == 1 {
+            seq.seal_evm_block();
+        }
+    }
+    assert_eq!(seq.view.head().header.number, 1);
+    // Wait until block 1 is stored and checkpointed, so the copy is the crash image described
+    // above (a copy taken while a file is being written is not one a crash can leave).
+    seq.durable.as_ref().unwrap().blocks.wait_stored(1).unwrap();
+    seq.store.wait_durable().unwrap();
+    copy_dir(&live, &crashed);
+    seq.seal_evm_block();
+    let served = seq.view.head().clone();
+    assert_eq!((served.header.number, served.txs.len()), (2, 9));
+    drop(seq);
+
+    let recovered = open(&crashed);
+    let head = recovered.view.head().clone();
+    assert_eq!(head.header.number, 2, "the closing record re-seals block 2");
+    assert_eq!(head.hash, served.hash);
+    assert_eq!(head.header, served.header);
+    assert_eq!(recovered.view.open.number, 3);
+    assert_eq!(recovered.view.open.mini_block_count, 0);
+    drop(recovered);
+    // The re-sealed block reached the crashed copy's chain store too.
+    let chain = ChainStore::open(&crashed.join("chain"), ChainStoreOptions::default()).unwrap();
+    assert_eq!(chain.len(), 3);
+    let stored = record::decode_block(&chain.block_bytes(2).unwrap().unwrap()).unwrap();
+    assert_eq!(stored.hash, served.hash);
+    for dir in [live, crashed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
