@@ -107,6 +107,12 @@ pub struct PoolView {
 /// Genesis accounts applied to the state store per commit when building a large genesis.
 pub const GENESIS_CHUNK_ACCOUNTS: usize = 1_000_000;
 
+/// Write-ahead-log bytes past which a seal trims what durable checkpoints hold. Each trim closes
+/// the current segment file, so the next mini-block pays for a new file and a directory sync, and
+/// the trim for an unlink and another: once per few megabytes, not once per block. A restart
+/// reads at most about this much that it then skips.
+pub const WAL_TRIM_BYTES: u64 = 8 << 20;
+
 /// Capacity of the intake queue between network threads and the sequencer.
 pub const INTAKE_QUEUE_CAPACITY: usize = 65_536;
 
@@ -671,8 +677,10 @@ impl Sequencer {
             let durable = self.store.last_commit().map_or(0, |(next, _)| next);
             let logged = d.wal.sync().map_err(|e| e.to_string());
             let trimmed = logged.and_then(|()| match durable.checked_sub(1) {
-                Some(last) => d.wal.trim(last).map_err(|e| e.to_string()),
-                None => Ok(()),
+                Some(last) if d.wal.size_bytes() >= WAL_TRIM_BYTES => {
+                    d.wal.trim(last).map_err(|e| e.to_string())
+                }
+                _ => Ok(()),
             });
             if let Err(e) = trimmed.and_then(|()| d.blocks.submit(block.clone())) {
                 return self.fatal("storing the sealed block failed", e);

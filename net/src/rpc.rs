@@ -288,6 +288,23 @@ fn wait_for(
     }
 }
 
+/// A sync send is answered by its receipt, so the pool's acceptance matters only when it is a
+/// refusal: a success is not passed on, where it would wake the network thread for nothing (one
+/// eventfd write and one wake-up per transaction).
+fn accept_notify(
+    sync: bool,
+    notify: Notify<Result<B256, TxError>>,
+) -> Notify<Result<B256, TxError>> {
+    if !sync {
+        return notify;
+    }
+    Box::new(move |r| {
+        if r.is_err() {
+            notify(r)
+        }
+    })
+}
+
 /// A quantity given as a hex string or a JSON number.
 fn quantity_param(v: &Value) -> Result<u64, RpcError> {
     match v {
@@ -646,7 +663,7 @@ impl Rpc {
                 raw,
                 rules: self.engine.intake_rules(),
                 reject_gap,
-                on_accept: cb.on_accept,
+                on_accept: accept_notify(sync.is_some(), cb.on_accept),
                 on_receipt,
             };
             return match recovery.submit(self.route, job) {
@@ -658,7 +675,8 @@ impl Rpc {
         let hash = tx.hash;
         let cb = callbacks();
         let (kind, deadline, on_receipt, reject_gap) = wait_for(sync, hash, cb.on_receipt);
-        match self.engine.submit(tx, reject_gap, Some(cb.on_accept), on_receipt) {
+        let on_accept = accept_notify(sync.is_some(), cb.on_accept);
+        match self.engine.submit(tx, reject_gap, Some(on_accept), on_receipt) {
             Ok(()) => Ok((kind, deadline)),
             Err(e) => Err(tx_error(&e)),
         }
