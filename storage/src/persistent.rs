@@ -643,13 +643,18 @@ impl PersistentStore {
     /// a checkpoint thread; it is durable once [`Self::wait_for_checkpoint`] returns (the next
     /// commit waits for it first).
     pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        let started = std::time::Instant::now();
+        let accounts_changed = self.pending.accounts.len();
+        let slots_changed: usize = self.pending.storage.values().map(|s| s.len()).sum();
         self.wait_for_checkpoint()?;
+        let waited = started.elapsed();
         let tables = self.base.read();
         // The old values are kept for views of this epoch (and of older ones, which link to it);
         // with none alive (a bulk load, genesis) nobody can ever read them. No view can be taken
         // while this runs: taking one needs `&self`.
         let views = Arc::strong_count(&self.epoch) > 1;
         let CheckpointPlan { accounts, slots, root } = self.plan(&tables, views)?;
+        let planned = started.elapsed();
         let codes: Vec<(B256, Bytecode)> = self
             .overlay
             .codes
@@ -711,6 +716,15 @@ impl PersistentStore {
             .spawn(move || job.run())
             .map_err(|e| crate::mapped::file_error("spawn checkpoint thread", &self.dir)(e))?;
         self.writing = Some(handle);
+        tracing::debug!(
+            block,
+            accounts = accounts_changed,
+            slots = slots_changed,
+            wait_us = waited.as_micros() as u64,
+            plan_us = (planned - waited).as_micros() as u64,
+            handoff_us = (started.elapsed() - planned).as_micros() as u64,
+            "state checkpoint started"
+        );
         Ok(root)
     }
 
