@@ -470,6 +470,7 @@ impl Sequencer {
     }
 
     fn seal_mini_block(&mut self, closes_block: bool) {
+        let started = Instant::now();
         let open = self.view.open.clone();
         let block_left = open.gas_limit - open.gas_used;
         let mut mini_left = self.config.mini_block_gas_limit.min(block_left);
@@ -506,10 +507,12 @@ impl Sequencer {
                 }
             }
         }
+        let executed = started.elapsed();
         let mini = match self.include(records, diff, now_us(), closes_block) {
             Ok(mini) => mini,
             Err(e) => return self.fatal("state store failed to apply a mini-block", e),
         };
+        let included = started.elapsed();
         if let Some(d) = &mut self.durable {
             // Receipts and the new state are released only once the record is durable. Empty
             // mini-blocks ride along with the next sync (nothing was acknowledged in them),
@@ -526,7 +529,8 @@ impl Sequencer {
                 return self.fatal("write-ahead log failed", e);
             }
         }
-        let included = mini.txs.clone();
+        let logged = started.elapsed();
+        let included_txs = mini.txs.clone();
         self.shared.view.store(Arc::new(self.view.clone()));
         // Senders whose transactions left the pool: their nonce now lives in the state.
         for tx in &picked {
@@ -536,7 +540,7 @@ impl Sequencer {
         if !picked.is_empty() {
             self.shared.pool.store(Arc::new(self.pool_view.clone()));
         }
-        for inc in &included {
+        for inc in &included_txs {
             if let Some(list) = self.waiters.remove(&inc.tx.hash) {
                 for w in list {
                     w(Ok(inc.clone()));
@@ -547,6 +551,17 @@ impl Sequencer {
             self.fail_waiters(&hash, TxError::Dropped(reason));
         }
         publish(&self.shared.mini_block_subscribers, &mini);
+        if !mini.txs.is_empty() {
+            tracing::trace!(
+                number = mini.number,
+                txs = mini.txs.len(),
+                exec_us = executed.as_micros() as u64,
+                include_us = (included - executed).as_micros() as u64,
+                log_us = (logged - included).as_micros() as u64,
+                answer_us = (started.elapsed() - logged).as_micros() as u64,
+                "mini-block sealed"
+            );
+        }
     }
 
     /// Applies an executed mini-block to the state, the open block and the chain view (not yet

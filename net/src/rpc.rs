@@ -288,9 +288,10 @@ fn wait_for(
     }
 }
 
-/// A sync send is answered by its receipt, so the pool's acceptance matters only when it is a
-/// refusal: a success is not passed on, where it would wake the network thread for nothing (one
-/// eventfd write and one wake-up per transaction).
+/// A JSON-RPC sync send is answered by its receipt, so the pool's acceptance matters only when it
+/// is a refusal: a success is not passed on, where it would wake the network thread for nothing
+/// (one eventfd write and one wake-up per transaction). The binary protocol answers every frame
+/// on acceptance, so it keeps them.
 fn accept_notify(
     sync: bool,
     notify: Notify<Result<B256, TxError>>,
@@ -639,7 +640,11 @@ impl Rpc {
             Ok(r) => r,
             Err(e) => return Outcome::Done(Err(e)),
         };
-        match self.submit_raw(raw, sync, callbacks) {
+        let callbacks = || {
+            let cb = callbacks();
+            Callbacks { on_accept: accept_notify(sync.is_some(), cb.on_accept), ..cb }
+        };
+        match self.submit_raw(raw, sync, &callbacks) {
             Ok((kind, deadline)) => Outcome::Wait(kind, deadline),
             Err(e) => Outcome::Done(Err(e)),
         }
@@ -663,7 +668,7 @@ impl Rpc {
                 raw,
                 rules: self.engine.intake_rules(),
                 reject_gap,
-                on_accept: accept_notify(sync.is_some(), cb.on_accept),
+                on_accept: cb.on_accept,
                 on_receipt,
             };
             return match recovery.submit(self.route, job) {
@@ -675,8 +680,7 @@ impl Rpc {
         let hash = tx.hash;
         let cb = callbacks();
         let (kind, deadline, on_receipt, reject_gap) = wait_for(sync, hash, cb.on_receipt);
-        let on_accept = accept_notify(sync.is_some(), cb.on_accept);
-        match self.engine.submit(tx, reject_gap, Some(on_accept), on_receipt) {
+        match self.engine.submit(tx, reject_gap, Some(cb.on_accept), on_receipt) {
             Ok(()) => Ok((kind, deadline)),
             Err(e) => Err(tx_error(&e)),
         }
