@@ -107,12 +107,6 @@ pub struct PoolView {
 /// Genesis accounts applied to the state store per commit when building a large genesis.
 pub const GENESIS_CHUNK_ACCOUNTS: usize = 1_000_000;
 
-/// Write-ahead-log bytes past which a seal trims what durable checkpoints hold. Each trim closes
-/// the current segment file, so the next mini-block pays for a new file and a directory sync, and
-/// the trim for an unlink and another: once per few megabytes, not once per block. A restart
-/// reads at most about this much that it then skips.
-pub const WAL_TRIM_BYTES: u64 = 8 << 20;
-
 /// Capacity of the intake queue between network threads and the sequencer.
 pub const INTAKE_QUEUE_CAPACITY: usize = 65_536;
 
@@ -688,16 +682,16 @@ impl Sequencer {
         if let Some(d) = &mut self.durable {
             // Records leave the log once a durable checkpoint and the chain store both hold their
             // block. The checkpoint that `commit` found durable is at most the parent's, and the
-            // chain store holds the parent (waited for above).
+            // chain store holds the parent (waited for above). Whole closed segments leave, and
+            // the block writer deletes their files, off the tick.
             let durable = self.store.last_commit().map_or(0, |(next, _)| next);
             let logged = d.wal.sync().map_err(|e| e.to_string());
-            let trimmed = logged.and_then(|()| match durable.checked_sub(1) {
-                Some(last) if d.wal.size_bytes() >= WAL_TRIM_BYTES => {
-                    d.wal.trim(last).map_err(|e| e.to_string())
-                }
-                _ => Ok(()),
+            let stored = logged.and_then(|()| d.blocks.submit(block.clone()));
+            let trimmed = stored.and_then(|()| match durable.checked_sub(1) {
+                Some(last) => d.blocks.remove_log_segments(d.wal.detach_closed_upto(last)),
+                None => Ok(()),
             });
-            if let Err(e) = trimmed.and_then(|()| d.blocks.submit(block.clone())) {
+            if let Err(e) = trimmed {
                 return self.fatal("storing the sealed block failed", e);
             }
         }

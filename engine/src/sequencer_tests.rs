@@ -26,9 +26,13 @@ fn genesis() -> Genesis {
 
 /// Opens (or creates) a durable sequencer in `dir`, as `Engine::open` does.
 fn open(dir: &Path) -> Sequencer {
+    open_with(dir, WalOptions::default())
+}
+
+fn open_with(dir: &Path, wal_options: WalOptions) -> Sequencer {
     let options = StoreOptions { accounts_log2_buckets: 8, slots_log2_buckets: 8 };
     let store = PersistentStore::open(&dir.join("state"), options).unwrap();
-    let (wal, records) = Wal::open(&dir.join("wal"), WalOptions::default()).unwrap();
+    let (wal, records) = Wal::open(&dir.join("wal"), wal_options).unwrap();
     let chain = ChainStore::open(&dir.join("chain"), ChainStoreOptions::default()).unwrap();
     let durable = Some((Durable { wal, chain }, records));
     Sequencer::new(ChainConfig::default(), &genesis(), Box::new(store), durable).unwrap().0
@@ -106,4 +110,47 @@ fn a_block_served_before_it_is_stored_is_resealed_identically() {
     for dir in [live, crashed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// Sealed blocks let go of the log segments that durable files hold, and the block writer
+/// deletes them; what stays still recovers the same chain.
+#[test]
+fn checkpointed_log_segments_are_deleted() {
+    let dir = scratch("segments");
+    let small = WalOptions { segment_bytes: 2048, ..WalOptions::default() };
+    let mut seq = open_with(&dir, small.clone());
+    let mut nonce = 0;
+    let mut created = std::collections::BTreeSet::new();
+    let segments = |dir: &Path| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    };
+    for _ in 0..8 {
+        for closes in [false, false, true] {
+            for _ in 0..3 {
+                submit(&mut seq, nonce);
+                nonce += 1;
+            }
+            seq.seal_mini_block(closes);
+            created.extend(segments(&dir));
+            if closes {
+                seq.seal_evm_block();
+            }
+        }
+    }
+    let head = seq.view.head().clone();
+    assert_eq!(head.header.number, 8);
+    drop(seq);
+    let kept = segments(&dir);
+    assert!(created.len() >= 8, "records of ~1 KiB fill 2 KiB segments fast: {created:?}");
+    assert!(kept.len() <= 3, "only segments with records of the last blocks stay: {kept:?}");
+    assert!(!kept.contains(created.first().unwrap()), "the oldest segment is gone");
+
+    let reopened = open_with(&dir, small);
+    assert_eq!(reopened.view.head().hash, head.hash);
+    assert_eq!(reopened.view.open.number, 9);
+    drop(reopened);
+    std::fs::remove_dir_all(dir).unwrap();
 }

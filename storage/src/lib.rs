@@ -42,7 +42,7 @@ pub use persistent::{PersistentStore, PersistentView, StoreOptions, StoreStats};
 pub use proof::{state_root_of, BucketProof, ProofError, StateProof};
 pub use root::{state_root, StorageRootCache};
 pub use table::bucket_of;
-pub use wal::{Wal, WalError, WalOptions, WalRecord};
+pub use wal::{DetachedSegments, Wal, WalError, WalOptions, WalRecord};
 
 use alloy_primitives::{Address, B256, U256};
 use revm::bytecode::Bytecode;

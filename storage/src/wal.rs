@@ -48,9 +48,11 @@ pub struct WalOptions {
 }
 
 impl Default for WalOptions {
-    /// 64 MiB segments, records up to 256 MiB.
+    /// 8 MiB segments, records up to 256 MiB. Whole segments are what leaves the log, so the
+    /// segment size bounds what a restart reads only to skip (about one segment beyond the
+    /// records the state lacks), and each new segment costs one file creation and directory sync.
     fn default() -> Self {
-        WalOptions { segment_bytes: 64 << 20, max_record_bytes: 256 << 20 }
+        WalOptions { segment_bytes: 8 << 20, max_record_bytes: 256 << 20 }
     }
 }
 
@@ -114,6 +116,33 @@ pub enum WalError {
     /// fdatasync the state of the file is unknown.
     #[error("write-ahead log: stopped by an earlier I/O error")]
     Poisoned,
+}
+
+/// Segment files taken out of a [`Wal`] by [`Wal::detach_closed_upto`], still on disk.
+#[derive(Debug)]
+#[must_use = "the files stay on disk until `remove` is called"]
+pub struct DetachedSegments {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl DetachedSegments {
+    /// Whether there is nothing to remove.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Deletes the files, oldest first (so a crash midway leaves a contiguous log), then syncs the
+    /// directory.
+    pub fn remove(self) -> Result<(), WalError> {
+        if self.paths.is_empty() {
+            return Ok(());
+        }
+        for path in &self.paths {
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+        }
+        sync_dir(&self.dir)
+    }
 }
 
 /// One segment file, as the log tracks it.
@@ -294,6 +323,24 @@ impl Wal {
         self.poison_on_error(result)?;
         self.release_closed_handles();
         Ok(())
+    }
+
+    /// Takes out of the log the closed segments whose records are all written and <= `upto`,
+    /// without touching the disk; the caller deletes their files with
+    /// [`DetachedSegments::remove`], on any thread. Unlike [`Wal::trim`] the current segment
+    /// stays open: segments close when they reach [`WalOptions::segment_bytes`], so an owner that
+    /// calls this often pays for a new file only once per segment, and no file I/O at all here.
+    ///
+    /// Files a crash leaves behind before they are removed hold only records <= `upto`; a later
+    /// open returns those records and callers skip them, as after [`Wal::trim`].
+    pub fn detach_closed_upto(&mut self, upto: u64) -> DetachedSegments {
+        let closed = self.segments.len().saturating_sub(usize::from(self.accepting));
+        let covered = self.segments[..closed]
+            .iter()
+            .take_while(|s| s.last_seq <= upto && s.pending.is_empty())
+            .count();
+        let paths = self.segments.drain(..covered).map(|s| s.path).collect();
+        DetachedSegments { dir: self.dir.clone(), paths }
     }
 
     /// Sequence number of the last appended record, if any (including records read at open).
@@ -934,6 +981,55 @@ mod tests {
         let first = back[0].seq;
         assert!(first > 1 && first <= 16, "first kept record {first}");
         assert_eq!(back, records(first..=30));
+    }
+
+    #[test]
+    fn detach_keeps_the_current_segment_open() {
+        let opts = options(200);
+        let dir = tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), &opts);
+        for seq in 1..=30 {
+            wal.append(seq, &payload(seq)).unwrap();
+            wal.sync().unwrap();
+        }
+        let before = segment_files(dir.path());
+        assert!(before.len() > 3, "{before:?}");
+        let last_of = |f: &PathBuf| frames_in(&fs::read(f).unwrap()).last().unwrap().1;
+
+        // Nothing is covered: nothing detached, no file touched.
+        assert!(wal.detach_closed_upto(0).is_empty());
+        // Everything is covered: all but the current segment go, which stays open for appends.
+        let detached = wal.detach_closed_upto(u64::MAX);
+        assert!(!detached.is_empty());
+        assert_eq!(segment_files(dir.path()), before, "detaching touches no file");
+        detached.remove().unwrap();
+        let current = before.last().unwrap().clone();
+        assert_eq!(segment_files(dir.path()), vec![current.clone()]);
+        wal.append(31, &payload(31)).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![current.clone()], "31 went into it");
+        assert_eq!(last_of(&current), 31);
+        drop(wal);
+        let (_, back) = open(dir.path(), &opts);
+        let first = back[0].seq;
+        assert_eq!(back, records(first..=31));
+
+        // Partly covered: only whole closed segments at or below `upto` go, and files left on
+        // disk (a crash before `remove`) still open as one log.
+        let dir = tempdir().unwrap();
+        write_log(dir.path(), &opts, 1..=30, 1);
+        let files = segment_files(dir.path());
+        let (mut wal, _) = open(dir.path(), &opts);
+        let upto = 15;
+        let detached = wal.detach_closed_upto(upto);
+        let gone = files.iter().filter(|f| last_of(f) <= upto).count();
+        assert_eq!(detached.paths.len(), gone);
+        assert!(detached.paths.iter().all(|f| last_of(f) <= upto));
+        drop(detached);
+        wal.append(31, &payload(31)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(open(dir.path(), &opts).1, records(1..=31));
     }
 
     #[test]
