@@ -45,8 +45,9 @@ fn killed_node_keeps_every_acknowledged_transaction() {
     );
     assert!(report.receipts_checked >= report.acknowledged);
     assert!(
-        report.blocks_checked > iterations as usize,
-        "the head watcher saw no blocks: {report:?}"
+        report.blocks_served > iterations as usize,
+        "the head watcher saw too few blocks to mean anything: {report:?}"
     );
+    assert!(report.blocks_checked >= report.blocks_served);
     assert_eq!(report.verifications, iterations / opts.verify_every + 1);
 }

@@ -18,9 +18,10 @@ use std::{
 };
 use strobe_storage::{BlockRecord, ChainStore, ChainStoreError, DetachedSegments};
 
-/// Sealed blocks queued for the writer before [`BlockWriter::submit`] waits. The sequencer waits
-/// for the parent at every seal anyway, so more than one in flight only absorbs a slow disk.
-pub(crate) const BLOCK_WRITER_QUEUE: usize = 2;
+/// Jobs queued for the writer before [`BlockWriter::submit`] waits: a seal queues at most two (its
+/// block and a segment removal), and waits for its parent's block anyway, so more room than two
+/// seals' worth only absorbs a slow disk.
+pub(crate) const BLOCK_WRITER_QUEUE: usize = 4;
 
 /// Work for the writer thread, done in the order it was queued.
 enum Job {
@@ -107,13 +108,33 @@ impl Drop for BlockWriter {
     }
 }
 
+/// Marks the writer failed if its thread unwinds, so that nobody waits for it forever.
+struct PanicGuard<'a>(&'a (Mutex<Progress>, Condvar));
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let (lock, stored) = self.0;
+            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+            p.failed = Some("the block writer thread panicked".into());
+            stored.notify_all();
+        }
+    }
+}
+
 fn write_blocks(mut chain: ChainStore, jobs: Receiver<Job>, progress: &(Mutex<Progress>, Condvar)) {
+    let _guard = PanicGuard(progress);
     for job in jobs {
         let result = match job {
             Job::Store(block) => append_block(&mut chain, &block)
                 .map_err(|e| format!("storing sealed block {}: {e}", block.header.number)),
             Job::RemoveLogSegments(segments) => {
-                segments.remove().map_err(|e| format!("removing checkpointed log segments: {e}"))
+                // Files left behind hold only records every durable file has; a restart reads
+                // and skips them. Not worth stopping the chain for.
+                if let Err(e) = segments.remove() {
+                    tracing::warn!("removing checkpointed log segments failed: {e}");
+                }
+                continue;
             }
         };
         let (lock, stored) = progress;

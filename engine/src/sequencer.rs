@@ -268,6 +268,12 @@ impl Sequencer {
                     return Err(recovery(e.clone()));
                 }
             }
+            if mini.block_number != self.view.open.number {
+                return Err(recovery(format!(
+                    "write-ahead log record {} belongs to block {}, which was already sealed",
+                    rec.seq, mini.block_number
+                )));
+            }
             if self.view.open.mini_block_count == 0 {
                 let parent = self.view.head().clone();
                 self.view.open = Arc::new(open_after(&parent, &self.config, mini.block_timestamp));
@@ -337,8 +343,10 @@ impl Sequencer {
             }
         }
         let tick = self.config.mini_block_time;
-        let mut next_tick = Instant::now() + tick;
-        let mut block_deadline = Instant::now() + self.config.block_time;
+        // One grid for both, so the tick that reaches the block time closes the block.
+        let start = Instant::now();
+        let mut next_tick = start + tick;
+        let mut block_deadline = start + self.config.block_time;
         let mut running = true;
         while running && !self.stopped {
             // Admit transactions until the tick, or until the mini-block is full.
@@ -681,13 +689,15 @@ impl Sequencer {
         let header_time = started.elapsed();
         if let Some(d) = &mut self.durable {
             // Records leave the log once a durable checkpoint and the chain store both hold their
-            // block. The checkpoint that `commit` found durable is at most the parent's, and the
-            // chain store holds the parent (waited for above). Whole closed segments leave, and
-            // the block writer deletes their files, off the tick.
-            let durable = self.store.last_commit().map_or(0, |(next, _)| next);
+            // block: those before this block's first record (the chain store holds the parent,
+            // waited for above) that the last durable checkpoint covers. Whole closed segments
+            // leave, and the block writer deletes their files, off the tick.
+            let checkpointed = self.store.last_commit().map_or(0, |(next, _)| next);
+            let first_of_block = self.next_mini_block.saturating_sub(open.mini_block_count as u64);
             let logged = d.wal.sync().map_err(|e| e.to_string());
             let stored = logged.and_then(|()| d.blocks.submit(block.clone()));
-            let trimmed = stored.and_then(|()| match durable.checked_sub(1) {
+            let upto = checkpointed.min(first_of_block).checked_sub(1);
+            let trimmed = stored.and_then(|()| match upto {
                 Some(last) => d.blocks.remove_log_segments(d.wal.detach_closed_upto(last)),
                 None => Ok(()),
             });

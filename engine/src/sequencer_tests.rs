@@ -154,3 +154,58 @@ fn checkpointed_log_segments_are_deleted() {
     drop(reopened);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The files as a crash leaves them when block 2's checkpoint is durable but the block writer had
+/// not stored block 2 yet: replay applies the block's records again over the state that already
+/// has them, re-seals the block at its closing record to the same header, and stores it.
+#[test]
+fn a_block_checkpointed_before_it_is_stored_is_resealed_identically() {
+    let live = scratch("ahead-live");
+    let crashed = scratch("ahead-crashed");
+    let small = WalOptions { segment_bytes: 2048, ..WalOptions::default() };
+    let mut seq = open_with(&live, small.clone());
+    let segment = |dir: &Path| dir.join("chain").join("blocks-000000000000.seg");
+    let mut stored_through_1 = 0;
+    let mut nonce = 0;
+    for closes in [false, true, false, false, true] {
+        for _ in 0..3 {
+            submit(&mut seq, nonce);
+            nonce += 1;
+        }
+        seq.seal_mini_block(closes);
+        if closes {
+            seq.seal_evm_block();
+        }
+        if closes && seq.view.head().header.number == 1 {
+            seq.durable.as_ref().unwrap().blocks.wait_stored(1).unwrap();
+            stored_through_1 = std::fs::metadata(segment(&live)).unwrap().len();
+        }
+    }
+    let served = seq.view.head().clone();
+    assert_eq!(served.header.number, 2);
+    seq.durable.as_ref().unwrap().blocks.wait_stored(2).unwrap();
+    seq.store.wait_durable().unwrap();
+    copy_dir(&live, &crashed);
+    drop(seq);
+    // Block 2 never reached the crashed copy's chain store.
+    let file = std::fs::OpenOptions::new().write(true).open(segment(&crashed)).unwrap();
+    file.set_len(stored_through_1).unwrap();
+    drop(file);
+    let chain = ChainStore::open(&crashed.join("chain"), ChainStoreOptions::default()).unwrap();
+    assert_eq!(chain.len(), 2, "the copy's chain store ends at block 1");
+    drop(chain);
+
+    let recovered = open_with(&crashed, small);
+    assert_eq!(recovered.store.last_commit().map(|(_, block)| block), Some(2));
+    let head = recovered.view.head().clone();
+    assert_eq!((head.header.number, head.hash), (2, served.hash));
+    assert_eq!(head.header, served.header);
+    drop(recovered);
+    let chain = ChainStore::open(&crashed.join("chain"), ChainStoreOptions::default()).unwrap();
+    assert_eq!(chain.len(), 3);
+    let stored = record::decode_block(&chain.block_bytes(2).unwrap().unwrap()).unwrap();
+    assert_eq!(stored.hash, served.hash);
+    for dir in [live, crashed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

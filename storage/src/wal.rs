@@ -3,7 +3,8 @@
 //! Every change the store accepts is appended here as one record and made durable by
 //! [`Wal::sync`] before it is acknowledged. After a crash, [`Wal::open`] reads the records back so
 //! the store can replay what its last checkpoint lacks; [`Wal::trim`] drops what a checkpoint has
-//! made unnecessary.
+//! made unnecessary, or [`Wal::detach_closed_upto`] lets whole closed segments go for the caller
+//! to delete off its hot path.
 //!
 //! On disk the log is a directory of segment files `wal-{first_seq:020}.log`, each named by the
 //! sequence number of its first record and holding records in strictly increasing sequence order.

@@ -77,6 +77,8 @@ pub struct CrashReport {
     pub receipts_checked: usize,
     /// Served block hashes compared after restarts.
     pub blocks_checked: usize,
+    /// Distinct blocks the head watcher was served.
+    pub blocks_served: usize,
     /// Full re-executions that passed.
     pub verifications: u32,
     /// Blocks in the chain at the end.
@@ -118,7 +120,7 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
     let mut report = CrashReport::default();
     let mut unchecked: Vec<Acked> = Vec::new();
     let mut all: Vec<Acked> = Vec::new();
-    let mut served: Vec<Served> = Vec::new();
+    let mut served: std::collections::BTreeMap<u64, String> = Default::default();
     for iteration in 0..opts.iterations {
         let (mut node, url, restart_ms) = start(opts, datadir)?;
         report.max_restart_ms = report.max_restart_ms.max(restart_ms);
@@ -128,8 +130,9 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
             report.receipts_checked += 1;
             all.push(a);
         }
-        for b in &served {
-            check_block(&mut client, b).map_err(|e| format!("after kill {iteration}: {e}"))?;
+        for (number, hash) in &served {
+            check_block(&mut client, *number, hash)
+                .map_err(|e| format!("after kill {iteration}: {e}"))?;
             report.blocks_checked += 1;
         }
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -154,7 +157,19 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
             let _ = c.join();
         }
         let _ = watcher.join();
-        served.extend(heads.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
+        for b in heads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            match served.get(&b.number) {
+                Some(hash) if *hash != b.hash => {
+                    return Err(format!(
+                        "block {} was served as {hash} and later as {}",
+                        b.number, b.hash
+                    ))
+                }
+                _ => {
+                    served.insert(b.number, b.hash);
+                }
+            }
+        }
         unchecked.extend(acked.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
         report.acknowledged += unchecked.len();
         if (iteration + 1) % opts.verify_every.max(1) == 0 {
@@ -171,10 +186,11 @@ pub fn run(opts: &CrashOptions, datadir: &Path) -> Result<CrashReport, String> {
         check_receipt(&mut client, a).map_err(|e| format!("final check: {e}"))?;
         report.receipts_checked += 1;
     }
-    for b in &served {
-        check_block(&mut client, b).map_err(|e| format!("final check: {e}"))?;
+    for (number, hash) in &served {
+        check_block(&mut client, *number, hash).map_err(|e| format!("final check: {e}"))?;
         report.blocks_checked += 1;
     }
+    report.blocks_served = served.len();
     let head = client.rpc("eth_blockNumber", json!([])).map_err(|e| e.to_string())?;
     report.blocks = quantity(&head["result"]).unwrap_or(0) + 1;
     Command::new("kill")
@@ -285,17 +301,16 @@ fn watch_heads(url: &str, heads: &Mutex<Vec<Served>>, stop: &AtomicBool) {
     }
 }
 
-fn check_block(client: &mut Client, b: &Served) -> Result<(), String> {
+fn check_block(client: &mut Client, number: u64, served: &str) -> Result<(), String> {
     let v = client
-        .rpc("eth_getBlockByNumber", json!([format!("{:#x}", b.number), false]))
+        .rpc("eth_getBlockByNumber", json!([format!("{number:#x}"), false]))
         .map_err(|e| format!("block query: {e}"))?;
     match v["result"]["hash"].as_str() {
-        Some(hash) if hash == b.hash => Ok(()),
+        Some(hash) if hash == served => Ok(()),
         Some(hash) => Err(format!(
-            "block {} was served as {} before the kill and is {hash} after the restart",
-            b.number, b.hash
+            "block {number} was served as {served} before the kill and is {hash} after the restart"
         )),
-        None => Err(format!("served block {} ({}) is missing after restart", b.number, b.hash)),
+        None => Err(format!("served block {number} ({served}) is missing after restart")),
     }
 }
 
