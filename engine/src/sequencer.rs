@@ -308,15 +308,18 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Commits state caught up to sealed block `head` and checks it against the block's header.
+    /// Checks state caught up to sealed block `head` against the block's header, then commits it
+    /// (checking first: a checkpoint of a wrong state would be taken for a good one by the next
+    /// open).
     fn commit_caught_up(&mut self, next_seq: u64, head: u64) -> Result<(), crate::EngineError> {
-        let root = self.store.commit(next_seq, head)?;
+        let root = self.store.preview_root()?;
         let want = self.view.head().header.state_root;
         if root != want {
             return Err(recovery(format!(
                 "replaying the log into block {head} gives state root {root}, its header has {want}"
             )));
         }
+        self.store.commit(next_seq, head)?;
         tracing::info!(block = head, %root, "state caught up with the chain store from the log");
         self.view.state = self.store.view();
         self.view.block_states.insert(head, self.view.state.clone());

@@ -105,6 +105,9 @@ pub trait StateStore: Send {
     /// Ends EVM block `block`, whose last mini-block is `next_seq - 1`: commits what was applied
     /// (a persistent store checkpoints) and returns the state root for the block's header.
     fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError>;
+    /// The root [`Self::commit`] would return now, without committing anything: recovery checks
+    /// a replayed block's root against its header before a checkpoint makes that state durable.
+    fn preview_root(&mut self) -> Result<B256, StoreError>;
     /// `(next_seq, block)` of the last durable commit, for stores that persist (`None` for
     /// in-memory stores and for a persistent store that has not committed yet).
     fn last_commit(&self) -> Option<(u64, u64)> {

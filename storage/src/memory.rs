@@ -161,6 +161,10 @@ impl StateStore for MemoryStore {
     fn commit(&mut self, _next_seq: u64, _block: u64) -> Result<B256, StoreError> {
         Ok(self.state_root())
     }
+
+    fn preview_root(&mut self) -> Result<B256, StoreError> {
+        Ok(self.state_root())
+    }
 }
 
 impl MemoryStore {

@@ -964,6 +964,10 @@ impl StateStore for PersistentStore {
         self.checkpoint(next_seq, block)
     }
 
+    fn preview_root(&mut self) -> Result<B256, StoreError> {
+        PersistentStore::preview_root(self)
+    }
+
     fn last_commit(&self) -> Option<(u64, u64)> {
         self.checkpointed.then_some((self.header.next_seq, self.header.block))
     }
