@@ -4,7 +4,8 @@
 //! One pinned thread owns the pool, the state store and the chain under construction. It talks to
 //! the outside only through a bounded intake queue (in) and through published [`ChainView`]s,
 //! callbacks and bounded subscriber queues (out), so nothing on its path takes a lock that a
-//! reader could hold.
+//! reader could hold. Sealed blocks go to the block writer's bounded queue, which stores them
+//! off the tick (`block_writer.rs`).
 
 use crate::{
     block_tries::BlockTries,
