@@ -32,7 +32,6 @@ enum Job {
 }
 
 /// How far the writer got: the number of blocks in the chain store, or why it stopped.
-#[derive(Default)]
 struct Progress {
     stored: u64,
     failed: Option<String>,
@@ -125,9 +124,8 @@ impl Drop for PanicGuard<'_> {
 fn write_blocks(mut chain: ChainStore, jobs: Receiver<Job>, progress: &(Mutex<Progress>, Condvar)) {
     let _guard = PanicGuard(progress);
     for job in jobs {
-        let result = match job {
-            Job::Store(block) => append_block(&mut chain, &block)
-                .map_err(|e| format!("storing sealed block {}: {e}", block.header.number)),
+        let block = match job {
+            Job::Store(block) => block,
             Job::RemoveLogSegments(segments) => {
                 // Files left behind hold only records every durable file has; a restart reads
                 // and skips them. Not worth stopping the chain for.
@@ -137,11 +135,13 @@ fn write_blocks(mut chain: ChainStore, jobs: Receiver<Job>, progress: &(Mutex<Pr
                 continue;
             }
         };
+        let result = append_block(&mut chain, &block);
         let (lock, stored) = progress;
         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => p.stored = chain.len(),
             Err(e) => {
+                let e = format!("storing sealed block {}: {e}", block.header.number);
                 tracing::error!("{e}");
                 p.failed = Some(e);
             }

@@ -320,7 +320,7 @@ impl Wal {
     pub fn trim(&mut self, upto: u64) -> Result<(), WalError> {
         self.ensure_usable()?;
         self.accepting = false;
-        let result = self.remove_segments_upto(upto);
+        let result = self.detach_closed_upto(upto).remove();
         self.poison_on_error(result)?;
         self.release_closed_handles();
         Ok(())
@@ -455,24 +455,6 @@ impl Wal {
                 let _ = file.set_len(len).and_then(|()| file.sync_data());
             }
         }
-    }
-
-    /// Deletes the oldest segments while all their records are <= `upto` and written, then syncs
-    /// the directory so the deletions hold.
-    fn remove_segments_upto(&mut self, upto: u64) -> Result<(), WalError> {
-        let mut removed = false;
-        while let Some(oldest) = self.segments.first() {
-            if oldest.last_seq > upto || !oldest.pending.is_empty() {
-                break;
-            }
-            fs::remove_file(&oldest.path).map_err(io_err("remove", &oldest.path))?;
-            self.segments.remove(0);
-            removed = true;
-        }
-        if removed {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
     }
 
     /// Closes the file handles of segments that take no more records and have nothing queued.
