@@ -5,7 +5,9 @@
 //! engine's commit step is the only writer; RPC threads read [`StateView`]s without locks.
 //!
 //! Threads: [`StateStore::apply`] runs on the sequencer (commit) thread only. Views are `Send +
-//! Sync` and are read concurrently by any number of network threads.
+//! Sync` and are read concurrently by any number of network threads. The persistent store
+//! plans and writes each block's checkpoint on a checkpoint thread (one at a time); the root of a
+//! [`StateStore::begin_commit`] arrives through a [`PendingRoot`].
 //!
 //! Two stores implement [`StateStore`]:
 //! - [`PersistentStore`]: memory-mapped bucket tables of `Pod` records with a SALT-shaped keccak
@@ -26,6 +28,7 @@ mod frame;
 pub mod keccak;
 mod mapped;
 mod memory;
+mod pending_root;
 mod persistent;
 mod proof;
 mod root;
@@ -38,6 +41,7 @@ pub use code::CodeFileError;
 pub use diff::{AccountChange, AccountState, StateDiff};
 pub use mapped::FileError;
 pub use memory::{MemoryStore, MemoryView, ViewDb};
+pub use pending_root::PendingRoot;
 pub use persistent::{PersistentStore, PersistentView, StoreOptions, StoreStats};
 pub use proof::{state_root_of, BucketProof, ProofError, StateProof};
 pub use root::{state_root, StorageRootCache};
@@ -72,6 +76,9 @@ pub enum StoreError {
     /// Options out of range.
     #[error("state store options: {0}")]
     Options(String),
+    /// A commit planned in the background failed (the message of the error it met there).
+    #[error("background state commit: {0}")]
+    Background(String),
 }
 
 impl revm::database_interface::DBErrorMarker for StoreError {}
@@ -105,6 +112,13 @@ pub trait StateStore: Send {
     /// Ends EVM block `block`, whose last mini-block is `next_seq - 1`: commits what was applied
     /// (a persistent store checkpoints) and returns the state root for the block's header.
     fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError>;
+    /// Like [`Self::commit`], but the root may still be computed when this returns: the store
+    /// may plan the block's changes on another thread while the caller applies the next block's
+    /// diffs. Views taken from here on see the committed state plus what is applied after.
+    /// Stores that compute the root at once (the default) hand back a ready one.
+    fn begin_commit(&mut self, next_seq: u64, block: u64) -> Result<PendingRoot, StoreError> {
+        self.commit(next_seq, block).map(PendingRoot::ready)
+    }
     /// The root [`Self::commit`] would return now, without committing anything: recovery checks
     /// a replayed block's root against its header before a checkpoint makes that state durable.
     fn preview_root(&mut self) -> Result<B256, StoreError>;

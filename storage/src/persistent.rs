@@ -5,12 +5,13 @@
 //! a view is an O(1) snapshot) and into [`Pending`] (plain hash maps, cheap for the checkpoint to
 //! walk); the write-ahead log, owned by the caller, makes it durable. At each EVM block end,
 //! [`PersistentStore::commit`] plans those changes into both tables (rebuilding only the touched
-//! buckets, hashing them and their tree paths in parallel) and returns the block's state root at
-//! once. The I/O (journal the pre-images, write the tables in place,
-//! msync, write the checksummed header; `checkpoint.rs`) runs on a checkpoint thread while the
-//! sequencer goes on sealing mini-blocks; the overlay it is writing stays readable as the frozen
-//! layer until then, and the next commit waits for it. So a block costs the sequencer the
-//! planning time, not the disk's.
+//! buckets, hashing them and their tree paths in parallel) and returns the block's state root.
+//! The I/O (journal the pre-images, write the tables in place, msync, write the checksummed
+//! header; `checkpoint.rs`) runs on a checkpoint thread while the sequencer goes on sealing
+//! mini-blocks; the overlay it is writing stays readable as the frozen layer until then, and the
+//! next commit waits for it. [`PersistentStore::begin_checkpoint`] moves the planning to that
+//! thread too and hands back a [`PendingRoot`]: then a block costs the sequencer neither the
+//! planning nor the disk, only swapping in an empty overlay.
 //!
 //! Reads: a [`PersistentView`] reads its own overlay, then the base tables. A view taken before a
 //! checkpoint must not see the values that checkpoint wrote, so every checkpoint first publishes
@@ -19,12 +20,13 @@
 //! the tables, all under the read lock, so it sees either the undo layer or the untouched table.
 //! Undo layers live exactly as long as some view of their epoch does.
 //!
-//! Threads: the sequencer plans, one checkpoint thread at a time writes; views are read from any
-//! thread. The write lock is held only while the planned bytes are copied into the maps.
+//! Threads: the sequencer (or, for a background commit, the checkpoint thread) plans, one
+//! checkpoint thread at a time writes; views are read from any thread. The write lock is held only while the planned bytes are copied into the maps.
 
 use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
     code::CodeFile,
+    pending_root::{PendingRoot, RootSender},
     proof::{self, bucket_proof, decode_account, encode_account, slot_key, StateProof},
     table::{AccountRecord, Keep, PlanWrites, Record, SlotRecord, Table, TableFile, TablePlan},
     AccountState, StateDiff, StateStore, StateView, StoreError,
@@ -150,16 +152,17 @@ impl Pending {
         }
     }
 
-    /// Empties the maps for the next block. They keep the capacity the block just committed
-    /// needed, not more: after a bulk load (a genesis of millions of accounts) a map that kept
-    /// its size would hold that memory for good and make every later insert a cache miss.
-    fn clear(&mut self) {
-        let (accounts, storage) = (self.accounts.len(), self.storage.len());
-        self.accounts.clear();
-        self.accounts.shrink_to(accounts);
-        self.storage.clear();
-        self.storage.shrink_to(storage);
-        self.wiped.clear();
+    /// Hands the block's changes to its checkpoint and starts the next block's with maps of the
+    /// size this block needed, not more: after a bulk load (a genesis of millions of accounts)
+    /// maps that kept their size would hold that memory for good and make every later insert a
+    /// cache miss.
+    fn take_for_checkpoint(&mut self) -> Pending {
+        let next = Pending {
+            accounts: HashMap::with_capacity_and_hasher(self.accounts.len(), Default::default()),
+            storage: HashMap::with_capacity_and_hasher(self.storage.len(), Default::default()),
+            wiped: HashSet::default(),
+        };
+        std::mem::replace(self, next)
     }
 }
 
@@ -543,7 +546,7 @@ impl PersistentStore {
     pub fn preview_root(&mut self) -> Result<B256, StoreError> {
         self.wait_for_checkpoint()?;
         let tables = self.base.read();
-        Ok(self.plan(&tables, false)?.root)
+        Ok(plan(&self.pending, &tables, false)?.root)
     }
 
     /// The slot count kept in `address`'s table record (checkpointed state only).
@@ -552,142 +555,49 @@ impl PersistentStore {
         self.base.read().accounts.get(&address.0 .0).map(|r| u64::from_le_bytes(r.slot_count))
     }
 
-    /// Plans the block's changes ([`Pending`]) into both tables (the read-only part of a
-    /// checkpoint), with the old values of every changed key when `keep_old`.
-    ///
-    /// The two tables are planned side by side. They meet in one place: an account record keeps
-    /// the number of slots its contract has, which the slot plan decides. That count is
-    /// bookkeeping outside the commitment ([`AccountRecord`]), so the account plan runs with the
-    /// stored counts and the changes are patched into its records afterwards; every account whose
-    /// slots were written is in the account plan for that.
-    fn plan(&self, tables: &Tables, keep_old: bool) -> Result<CheckpointPlan, StoreError> {
-        let plan_slots = || {
-            let keep = Keep { old: keep_old, presence: true };
-            let stored =
-                |r: &SlotRecord, _: Option<&SlotRecord>| (r.value != [0; 32]).then_some(*r);
-            tables.slots.plan_with(self.slot_changes(tables), SlotRecord::key, stored, keep)
-        };
-        let plan_accounts = || {
-            // Each changed account with its new state (`None`: only its slot count may change).
-            let pending = &self.pending;
-            let mut accounts: Vec<(Address, Option<Option<AccountState>>)> =
-                Vec::with_capacity(pending.accounts.len() + pending.storage.len());
-            accounts.extend(pending.accounts.iter().map(|(a, info)| (*a, Some(*info))));
-            let mut slots_only: Vec<Address> = pending
-                .storage
-                .keys()
-                .chain(pending.wiped.iter())
-                .filter(|a| !pending.accounts.contains_key(*a))
-                .copied()
-                .collect();
-            slots_only.sort_unstable();
-            slots_only.dedup();
-            accounts.extend(slots_only.into_iter().map(|a| (a, None)));
-            let new_record = |change: &(Address, Option<Option<AccountState>>),
-                              stored: Option<&AccountRecord>| {
-                let (address, info) = change;
-                let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
-                let info = match info {
-                    Some(info) => *info,
-                    None => stored.map(decode_account),
-                };
-                info.map(|i| encode_account(address, &i, count))
-            };
-            let deleted: Vec<Address> =
-                accounts.iter().filter(|(_, i)| *i == Some(None)).map(|(a, _)| *a).collect();
-            let keep = Keep { old: keep_old, presence: false };
-            let plan = tables.accounts.plan_with(accounts, |c| c.0 .0 .0, new_record, keep);
-            (plan, deleted)
-        };
-        let (slot_plan, (mut account_plan, deleted)) = rayon::join(plan_slots, plan_accounts);
-        let mut slot_delta: HashMap<Address, i64> = HashMap::default();
-        for (key, was, is) in &slot_plan.presence {
-            let d = *is as i64 - *was as i64;
-            if d != 0 {
-                *slot_delta.entry(Address::from_slice(&key[..20])).or_default() += d;
-            }
-        }
-        // A deleted (or never created) account keeping slots means the overlay and the tables
-        // disagree.
-        let corrupt = || StoreError::Corrupt("a deleted account would keep storage slots");
-        let stored_count = |address: &Address| {
-            tables.accounts.get(&address.0 .0).map_or(0, |r| u64::from_le_bytes(r.slot_count))
-        };
-        for address in &deleted {
-            let d = slot_delta.get(address).copied().unwrap_or(0);
-            if stored_count(address) as i64 + d != 0 {
-                return Err(corrupt());
-            }
-        }
-        for (address, d) in &slot_delta {
-            match account_plan.record_mut(&address.0 .0) {
-                Some(record) => {
-                    let count = u64::from_le_bytes(record.slot_count) as i64 + d;
-                    let count = u64::try_from(count).map_err(|_| corrupt())?;
-                    // The bucket's hash is already taken: only uncommitted bytes may change.
-                    let committed: [u8; AccountRecord::COMMITTED_BYTES] =
-                        record.committed().try_into().expect("committed bytes");
-                    record.slot_count = count.to_le_bytes();
-                    debug_assert_eq!(record.committed(), &committed[..]);
-                }
-                None if stored_count(address) as i64 + d != 0 => return Err(corrupt()),
-                None => {}
-            }
-        }
-        let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
-        Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
+    /// Commits everything applied so far as the state at the end of EVM block `block`, whose
+    /// last mini-block is `next_seq - 1`, and returns the state root, planned on this thread. The
+    /// checkpoint's I/O runs on a checkpoint thread; it is durable once
+    /// [`Self::wait_for_checkpoint`] returns (the next commit waits for it first).
+    pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+        self.start_checkpoint(next_seq, block, true)?.wait()
     }
 
-    /// Commits everything applied so far as the state at the end of EVM block `block`, whose
-    /// last mini-block is `next_seq - 1`, and returns the state root. The checkpoint's I/O runs on
-    /// a checkpoint thread; it is durable once [`Self::wait_for_checkpoint`] returns (the next
-    /// commit waits for it first).
-    pub fn checkpoint(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
+    /// [`Self::checkpoint`] with the planning on the checkpoint thread too: the root arrives
+    /// through the returned [`PendingRoot`], while the caller goes on applying the next block's
+    /// diffs (views read the committed changes from the frozen layer until they are written).
+    pub fn begin_checkpoint(
+        &mut self,
+        next_seq: u64,
+        block: u64,
+    ) -> Result<PendingRoot, StoreError> {
+        self.start_checkpoint(next_seq, block, false)
+    }
+
+    fn start_checkpoint(
+        &mut self,
+        next_seq: u64,
+        block: u64,
+        plan_here: bool,
+    ) -> Result<PendingRoot, StoreError> {
         let started = std::time::Instant::now();
-        let accounts_changed = self.pending.accounts.len();
-        let slots_changed: usize = self.pending.storage.values().map(|s| s.len()).sum();
         self.wait_for_checkpoint()?;
         let waited = started.elapsed();
-        let tables = self.base.read();
         // The old values are kept for views of this epoch (and of older ones, which link to it);
-        // with none alive (a bulk load, genesis) nobody can ever read them. No view can be taken
-        // while this runs: taking one needs `&self`.
-        let views = Arc::strong_count(&self.epoch) > 1;
-        let CheckpointPlan { accounts, slots, root } = self.plan(&tables, views)?;
-        let planned = started.elapsed();
-        let codes: Vec<(B256, Bytecode)> = self
-            .overlay
-            .codes
-            .iter()
-            .filter(|(h, _)| !tables.code.contains(h))
-            .map(|(h, c)| (*h, c.clone()))
-            .collect();
-        drop(tables);
-
-        // Views of this epoch keep seeing the old values from here on.
-        let undo = Undo {
-            accounts: accounts
-                .old
-                .iter()
-                .map(|(k, r)| (Address::from(*k), r.as_ref().map(decode_account)))
-                .collect(),
-            slots: slots
-                .old
-                .iter()
-                .map(|(k, r)| {
-                    let value = r.map(|r| U256::from_be_bytes(r.value)).unwrap_or_default();
-                    ((Address::from_slice(&k[..20]), U256::from_be_slice(&k[20..])), value)
-                })
-                .collect(),
+        // with none alive (a bulk load, genesis) nobody can ever read them. No view of this epoch
+        // can be taken from here on: the next one starts below.
+        let keep_old = Arc::strong_count(&self.epoch) > 1;
+        // Planned here, a failure leaves the store as it was.
+        let planned = match plan_here {
+            true => Some(plan(&self.pending, &self.base.read(), keep_old)?),
+            false => None,
         };
-        let _ = self.epoch.undo.set(undo);
-        let next_epoch = Arc::new(Epoch::default());
-        let _ = self.epoch.next.set(next_epoch.clone());
-        self.epoch = next_epoch;
-        self.frozen = Some(Arc::new(std::mem::take(&mut self.overlay)));
-        self.pending.clear();
+        let (root, sender) = PendingRoot::channel();
+        let old_epoch = std::mem::take(&mut self.epoch);
+        let _ = old_epoch.next.set(self.epoch.clone());
+        let frozen = Arc::new(std::mem::take(&mut self.overlay));
+        self.frozen = Some(frozen.clone());
         self.generation = self.header.generation + 1;
-
         let job = CheckpointJob {
             dir: self.dir.clone(),
             base: self.base.clone(),
@@ -697,7 +607,6 @@ impl PersistentStore {
                 generation: self.generation,
                 next_seq,
                 block,
-                root: root.0,
                 accounts_log2: self.header.accounts_log2,
                 slots_log2: self.header.slots_log2,
                 ..Default::default()
@@ -705,9 +614,13 @@ impl PersistentStore {
             // A store's first checkpoint overwrites nothing that matters: if it is cut short,
             // the next open finds no header and starts from empty files.
             journal: self.checkpointed,
-            accounts,
-            slots,
-            codes,
+            pending: self.pending.take_for_checkpoint(),
+            planned,
+            keep_old,
+            epoch: old_epoch,
+            frozen,
+            root: Some(sender),
+            waited,
             #[cfg(test)]
             crash_after_writes: self.crash_after_writes.take(),
         };
@@ -716,15 +629,6 @@ impl PersistentStore {
             .spawn(move || job.run())
             .map_err(|e| crate::mapped::file_error("spawn checkpoint thread", &self.dir)(e))?;
         self.writing = Some(handle);
-        tracing::debug!(
-            block,
-            accounts = accounts_changed,
-            slots = slots_changed,
-            wait_us = waited.as_micros() as u64,
-            plan_us = (planned - waited).as_micros() as u64,
-            handoff_us = (started.elapsed() - planned).as_micros() as u64,
-            "state checkpoint started"
-        );
         Ok(root)
     }
 
@@ -751,81 +655,229 @@ impl PersistentStore {
             }
         }
     }
-
-    /// The block's storage changes ([`Pending`]), as the records to store (a zero value deletes):
-    /// every stored slot of a wiped account is deleted, then the slots written after override
-    /// those deletions. Keys are unique.
-    fn slot_changes(&self, tables: &Tables) -> Vec<SlotRecord> {
-        let fill = |(address, slots, out): (&Address, &HashMap<U256, U256>, &mut [SlotRecord])| {
-            for ((slot, value), r) in slots.iter().zip(out) {
-                *r = SlotRecord {
-                    address: address.0 .0,
-                    slot: slot.to_be_bytes(),
-                    value: value.to_be_bytes(),
-                };
-            }
-        };
-        // Each contract's slots written straight into its own part of one vector.
-        let written: usize = self.pending.storage.values().map(HashMap::len).sum();
-        let mut changes = vec![SlotRecord::zeroed(); written];
-        let mut rest = changes.as_mut_slice();
-        let mut parts = Vec::with_capacity(self.pending.storage.len());
-        for (address, slots) in &self.pending.storage {
-            let (part, tail) = std::mem::take(&mut rest).split_at_mut(slots.len());
-            parts.push((address, slots, part));
-            rest = tail;
-        }
-        if written >= PARALLEL_SLOTS {
-            parts.into_par_iter().for_each(fill);
-        } else {
-            parts.into_iter().for_each(fill);
-        }
-        let wiped: Vec<Address> = self
-            .pending
-            .wiped
-            .iter()
-            .filter(|a| {
-                tables.accounts.get(&a.0 .0).is_some_and(|r| u64::from_le_bytes(r.slot_count) > 0)
-            })
-            .copied()
-            .collect();
-        if !wiped.is_empty() {
-            // Rare (a pre-existing account's storage destroyed): scan the table once for all.
-            let written: std::collections::HashSet<[u8; 52]> =
-                changes.iter().map(SlotRecord::key).collect();
-            for r in tables.slots.records() {
-                if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key()) {
-                    changes.push(SlotRecord { value: [0; 32], ..*r });
-                }
-            }
-        }
-        changes
-    }
 }
 
-/// The I/O half of a checkpoint, run on the checkpoint thread.
+/// Plans the block's changes ([`Pending`]) into both tables (the read-only part of a
+/// checkpoint), with the old values of every changed key when `keep_old`.
+///
+/// The two tables are planned side by side. They meet in one place: an account record keeps
+/// the number of slots its contract has, which the slot plan decides. That count is
+/// bookkeeping outside the commitment ([`AccountRecord`]), so the account plan runs with the
+/// stored counts and the changes are patched into its records afterwards; every account whose
+/// slots were written is in the account plan for that.
+fn plan(pending: &Pending, tables: &Tables, keep_old: bool) -> Result<CheckpointPlan, StoreError> {
+    let plan_slots = || {
+        let keep = Keep { old: keep_old, presence: true };
+        let stored = |r: &SlotRecord, _: Option<&SlotRecord>| (r.value != [0; 32]).then_some(*r);
+        tables.slots.plan_with(slot_changes(pending, tables), SlotRecord::key, stored, keep)
+    };
+    let plan_accounts = || {
+        // Each changed account with its new state (`None`: only its slot count may change).
+        let mut accounts: Vec<(Address, Option<Option<AccountState>>)> =
+            Vec::with_capacity(pending.accounts.len() + pending.storage.len());
+        accounts.extend(pending.accounts.iter().map(|(a, info)| (*a, Some(*info))));
+        let mut slots_only: Vec<Address> = pending
+            .storage
+            .keys()
+            .chain(pending.wiped.iter())
+            .filter(|a| !pending.accounts.contains_key(*a))
+            .copied()
+            .collect();
+        slots_only.sort_unstable();
+        slots_only.dedup();
+        accounts.extend(slots_only.into_iter().map(|a| (a, None)));
+        let new_record = |change: &(Address, Option<Option<AccountState>>),
+                          stored: Option<&AccountRecord>| {
+            let (address, info) = change;
+            let count = stored.map(|r| u64::from_le_bytes(r.slot_count)).unwrap_or(0);
+            let info = match info {
+                Some(info) => *info,
+                None => stored.map(decode_account),
+            };
+            info.map(|i| encode_account(address, &i, count))
+        };
+        let deleted: Vec<Address> =
+            accounts.iter().filter(|(_, i)| *i == Some(None)).map(|(a, _)| *a).collect();
+        let keep = Keep { old: keep_old, presence: false };
+        let plan = tables.accounts.plan_with(accounts, |c| c.0 .0 .0, new_record, keep);
+        (plan, deleted)
+    };
+    let (slot_plan, (mut account_plan, deleted)) = rayon::join(plan_slots, plan_accounts);
+    let mut slot_delta: HashMap<Address, i64> = HashMap::default();
+    for (key, was, is) in &slot_plan.presence {
+        let d = *is as i64 - *was as i64;
+        if d != 0 {
+            *slot_delta.entry(Address::from_slice(&key[..20])).or_default() += d;
+        }
+    }
+    // A deleted (or never created) account keeping slots means the overlay and the tables
+    // disagree.
+    let corrupt = || StoreError::Corrupt("a deleted account would keep storage slots");
+    let stored_count = |address: &Address| {
+        tables.accounts.get(&address.0 .0).map_or(0, |r| u64::from_le_bytes(r.slot_count))
+    };
+    for address in &deleted {
+        let d = slot_delta.get(address).copied().unwrap_or(0);
+        if stored_count(address) as i64 + d != 0 {
+            return Err(corrupt());
+        }
+    }
+    for (address, d) in &slot_delta {
+        match account_plan.record_mut(&address.0 .0) {
+            Some(record) => {
+                let count = u64::from_le_bytes(record.slot_count) as i64 + d;
+                let count = u64::try_from(count).map_err(|_| corrupt())?;
+                // The bucket's hash is already taken: only uncommitted bytes may change.
+                let committed: [u8; AccountRecord::COMMITTED_BYTES] =
+                    record.committed().try_into().expect("committed bytes");
+                record.slot_count = count.to_le_bytes();
+                debug_assert_eq!(record.committed(), &committed[..]);
+            }
+            None if stored_count(address) as i64 + d != 0 => return Err(corrupt()),
+            None => {}
+        }
+    }
+    let root = proof::state_root_of(B256::from(account_plan.root), B256::from(slot_plan.root));
+    Ok(CheckpointPlan { accounts: account_plan, slots: slot_plan, root })
+}
+
+/// The block's storage changes ([`Pending`]), as the records to store (a zero value deletes):
+/// every stored slot of a wiped account is deleted, then the slots written after override
+/// those deletions. Keys are unique.
+fn slot_changes(pending: &Pending, tables: &Tables) -> Vec<SlotRecord> {
+    let fill = |(address, slots, out): (&Address, &HashMap<U256, U256>, &mut [SlotRecord])| {
+        for ((slot, value), r) in slots.iter().zip(out) {
+            *r = SlotRecord {
+                address: address.0 .0,
+                slot: slot.to_be_bytes(),
+                value: value.to_be_bytes(),
+            };
+        }
+    };
+    // Each contract's slots written straight into its own part of one vector.
+    let written: usize = pending.storage.values().map(HashMap::len).sum();
+    let mut changes = vec![SlotRecord::zeroed(); written];
+    let mut rest = changes.as_mut_slice();
+    let mut parts = Vec::with_capacity(pending.storage.len());
+    for (address, slots) in &pending.storage {
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(slots.len());
+        parts.push((address, slots, part));
+        rest = tail;
+    }
+    if written >= PARALLEL_SLOTS {
+        parts.into_par_iter().for_each(fill);
+    } else {
+        parts.into_iter().for_each(fill);
+    }
+    let wiped: Vec<Address> = pending
+        .wiped
+        .iter()
+        .filter(|a| {
+            tables.accounts.get(&a.0 .0).is_some_and(|r| u64::from_le_bytes(r.slot_count) > 0)
+        })
+        .copied()
+        .collect();
+    if !wiped.is_empty() {
+        // Rare (a pre-existing account's storage destroyed): scan the table once for all.
+        let written: std::collections::HashSet<[u8; 52]> =
+            changes.iter().map(SlotRecord::key).collect();
+        for r in tables.slots.records() {
+            if wiped.iter().any(|a| a.0 .0 == r.address) && !written.contains(&r.key()) {
+                changes.push(SlotRecord { value: [0; 32], ..*r });
+            }
+        }
+    }
+    changes
+}
+
+/// The rest of a checkpoint, run on the checkpoint thread: the plan (unless the committer made
+/// it), the root's delivery, then the I/O.
 struct CheckpointJob {
     dir: PathBuf,
     base: Arc<Base>,
     header_file: Arc<HeaderFile>,
     /// Generation of the checkpoint on disk, which the journal protects.
     previous: u64,
-    /// The new header, without the table bookkeeping (filled in after the writes).
+    /// The new header, without the root and the table bookkeeping (filled in here).
     header: Header,
     /// Whether to journal the pre-images of the writes before making them.
     journal: bool,
-    accounts: TablePlan<AccountRecord>,
-    slots: TablePlan<SlotRecord>,
-    codes: Vec<(B256, Bytecode)>,
+    /// The block's changes.
+    pending: Pending,
+    /// The plan of `pending`, when the committer made it.
+    planned: Option<CheckpointPlan>,
+    /// Whether views of `epoch` are alive, so the plan must keep the old values for them.
+    keep_old: bool,
+    /// The epoch this checkpoint ends: its undo layer is published before the tables change.
+    epoch: Arc<Epoch>,
+    /// The changes as views read them until written (new code comes from here).
+    frozen: Arc<Overlay>,
+    root: Option<RootSender>,
+    /// How long the committer waited for the previous checkpoint (for the debug line).
+    waited: std::time::Duration,
     #[cfg(test)]
     crash_after_writes: Option<usize>,
 }
 
 impl CheckpointJob {
     fn run(mut self) -> Result<Header, StoreError> {
-        // Laying out the writes and reading their pre-images happens here, off the sequencer:
-        // the tables do not change until this job writes them (the next checkpoint waits for it).
-        let (accounts, slots) = (&mut self.accounts, &mut self.slots);
+        let started = std::time::Instant::now();
+        let accounts_changed = self.pending.accounts.len();
+        let slots_changed: usize = self.pending.storage.values().map(|s| s.len()).sum();
+        let planned = match self.planned.take() {
+            Some(p) => Ok(p),
+            // The tables do not change until this job writes them (the next checkpoint waits
+            // for it), so planning here sees exactly the state the committer would have.
+            None => plan(&self.pending, &self.base.read(), self.keep_old),
+        };
+        let root = self.root.take().expect("the root is delivered once");
+        let CheckpointPlan { mut accounts, mut slots, root: state_root } = match planned {
+            Ok(p) => {
+                root.send(Ok(p.root));
+                p
+            }
+            Err(e) => {
+                root.send(Err(e.to_string()));
+                return Err(e);
+            }
+        };
+        let planned_at = started.elapsed();
+        tracing::debug!(
+            block = self.header.block,
+            accounts = accounts_changed,
+            slots = slots_changed,
+            wait_us = self.waited.as_micros() as u64,
+            plan_us = planned_at.as_micros() as u64,
+            "state checkpoint planned"
+        );
+        drop(std::mem::take(&mut self.pending));
+        self.header.root = state_root.0;
+        let codes: Vec<(B256, Bytecode)> = {
+            let tables = self.base.read();
+            self.frozen
+                .codes
+                .iter()
+                .filter(|(h, _)| !tables.code.contains(h))
+                .map(|(h, c)| (*h, c.clone()))
+                .collect()
+        };
+        // Views of the ending epoch keep seeing the old values from here on.
+        let undo = Undo {
+            accounts: accounts
+                .old
+                .iter()
+                .map(|(k, r)| (Address::from(*k), r.as_ref().map(decode_account)))
+                .collect(),
+            slots: slots
+                .old
+                .iter()
+                .map(|(k, r)| {
+                    let value = r.map(|r| U256::from_be_bytes(r.value)).unwrap_or_default();
+                    ((Address::from_slice(&k[..20]), U256::from_be_slice(&k[20..])), value)
+                })
+                .collect(),
+        };
+        let _ = self.epoch.undo.set(undo);
         let (account_writes, slot_writes) =
             rayon::join(|| accounts.take_writes(), || slots.take_writes());
         let journal = self.dir.join("journal");
@@ -858,9 +910,9 @@ impl CheckpointJob {
         }
         {
             let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
-            tables.accounts.apply(&self.accounts, &account_writes)?;
-            tables.slots.apply(&self.slots, &slot_writes)?;
-            let added = tables.code.append(&self.codes)?;
+            tables.accounts.apply(&accounts, &account_writes)?;
+            tables.slots.apply(&slots, &slot_writes)?;
+            let added = tables.code.append(&codes)?;
             tables.code.publish(added);
             self.base.generation.store(self.header.generation, Ordering::Release);
         }
@@ -962,6 +1014,10 @@ impl StateStore for PersistentStore {
 
     fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, StoreError> {
         self.checkpoint(next_seq, block)
+    }
+
+    fn begin_commit(&mut self, next_seq: u64, block: u64) -> Result<PendingRoot, StoreError> {
+        self.begin_checkpoint(next_seq, block)
     }
 
     fn preview_root(&mut self) -> Result<B256, StoreError> {

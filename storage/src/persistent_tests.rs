@@ -157,6 +157,56 @@ proptest! {
         }
     }
 
+    /// Commits planned on the checkpoint thread (`begin_commit`) while the next block's diffs are
+    /// applied: every view, old or new, reads like the model at its point, each root equals a
+    /// from-scratch recomputation of its block's state, and a reopen finds the last one.
+    #[test]
+    fn background_commits_match_the_model(blocks in proptest::collection::vec(
+        proptest::collection::vec(proptest::collection::vec(gen_change(), 1..5), 1..4), 1..6))
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = PersistentStore::open(dir.path(), SMALL).unwrap();
+        let mut model = MemoryStore::new();
+        let mut seq = 0;
+        let mut views: Vec<(Arc<dyn StateView>, crate::MemoryView)> = Vec::new();
+        let mut in_flight: Option<(PendingRoot, B256)> = None;
+        let mut last_root = B256::ZERO;
+        for (block, minis) in blocks.iter().enumerate() {
+            for mini in minis {
+                let diff = diff_of(mini);
+                store.apply(&diff).unwrap();
+                model.apply(&diff).unwrap();
+                seq += 1;
+                views.push((store.view(), model.snapshot()));
+                for (view, want) in &views {
+                    assert_same(&**view, want);
+                }
+                // The previous block's root, awaited only once this block has begun.
+                if let Some((root, want)) = in_flight.take() {
+                    prop_assert_eq!(root.wait().unwrap(), want);
+                }
+            }
+            let want = naive_root(&model.snapshot());
+            let root = StateStore::begin_commit(&mut store, seq, block as u64 + 1).unwrap();
+            views.push((store.view(), model.snapshot()));
+            last_root = want;
+            in_flight = Some((root, want));
+        }
+        if let Some((root, want)) = in_flight {
+            prop_assert_eq!(root.wait().unwrap(), want);
+        }
+        store.wait_for_checkpoint().unwrap();
+        for (view, want) in &views {
+            assert_same(&**view, want);
+        }
+        drop(views);
+        drop(store);
+        let store = PersistentStore::open(dir.path(), SMALL).unwrap();
+        prop_assert_eq!(store.next_seq(), seq);
+        prop_assert_eq!(store.checkpoint_root(), last_root);
+        assert_same(&*store.view(), &model.snapshot());
+    }
+
     /// A checkpoint killed after any number of its table writes rolls back on reopen to exactly
     /// the previous checkpoint, and replaying the lost diffs gives the same root as without the
     /// crash.
