@@ -21,7 +21,8 @@
 //! Undo layers live exactly as long as some view of their epoch does.
 //!
 //! Threads: the sequencer (or, for a background commit, the checkpoint thread) plans, one
-//! checkpoint thread at a time writes; views are read from any thread. The write lock is held only while the planned bytes are copied into the maps.
+//! checkpoint thread at a time writes; views are read from any thread. The write lock is held
+//! only while the planned bytes are copied into the maps.
 
 use crate::{
     checkpoint::{self, Header, HeaderFile, PreImage},
