@@ -8,9 +8,11 @@
 use crate::{config::ChainConfig, exec::BlockContext, tx::RecoveredTx};
 use alloy_consensus::Typed2718;
 use alloy_consensus::{Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, TxType};
+use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{Address, Bloom, Log, B256};
-use std::sync::Arc;
-use strobe_storage::{StateDiff, StateView};
+use alloy_rlp::Encodable;
+use std::sync::{Arc, OnceLock};
+use strobe_storage::{PendingRoot, StateDiff, StateView};
 
 /// Number of recent EVM blocks whose end state stays queryable (geth keeps 128 by default).
 pub const STATE_HISTORY_BLOCKS: usize = 128;
@@ -126,6 +128,65 @@ pub struct SealedBlock {
     pub size: u64,
 }
 
+impl SealedBlock {
+    /// Seals `header` (hashes it) over `txs`.
+    pub fn new(header: Header, txs: Vec<Arc<IncludedTx>>, mini_block_count: u32) -> Self {
+        let hash = header.hash_slow();
+        let tx_bytes: usize = txs.iter().map(|t| t.tx.envelope.encode_2718_len()).sum();
+        let size = (header.length() + tx_bytes + 8) as u64;
+        Self { header, hash, txs, mini_block_count, size }
+    }
+}
+
+/// An EVM block that is closed (its last mini-block is in) but not sealed yet: its state root is
+/// being computed on the state store's checkpoint thread while the next block's mini-blocks go
+/// on. Its transactions and receipts are final; its hash is not known until the root is.
+///
+/// `BLOCKHASH` of this block waits for the root ([`Self::wait`]); readers that must not wait see
+/// the block as not yet sealed.
+#[derive(Debug)]
+pub struct SealingBlock {
+    /// Its contents as they were when it closed.
+    pub block: Arc<OpenBlock>,
+    /// The header with every field but the state root.
+    header: Header,
+    txs: Vec<Arc<IncludedTx>>,
+    root: PendingRoot,
+    sealed: OnceLock<Result<Arc<SealedBlock>, String>>,
+}
+
+impl SealingBlock {
+    /// A block waiting for `root`; `header` has every other field.
+    pub(crate) fn new(
+        block: Arc<OpenBlock>,
+        header: Header,
+        txs: Vec<Arc<IncludedTx>>,
+        root: PendingRoot,
+    ) -> Self {
+        Self { block, header, txs, root, sealed: OnceLock::new() }
+    }
+
+    /// The sealed block if its root has arrived (or why there is none), without waiting.
+    pub fn try_sealed(&self) -> Option<Result<Arc<SealedBlock>, String>> {
+        match self.sealed.get() {
+            Some(sealed) => Some(sealed.clone()),
+            None => self.root.try_root().map(|_| self.wait()),
+        }
+    }
+
+    /// Waits for the state root and seals the block (once; every caller gets the same block).
+    pub fn wait(&self) -> Result<Arc<SealedBlock>, String> {
+        self.sealed
+            .get_or_init(|| {
+                let root = self.root.wait().map_err(|e| e.to_string())?;
+                let header = Header { state_root: root, ..self.header.clone() };
+                let count = self.block.mini_block_count;
+                Ok(Arc::new(SealedBlock::new(header, self.txs.clone(), count)))
+            })
+            .clone()
+    }
+}
+
 /// The EVM block being filled by mini-blocks.
 #[derive(Clone, Debug)]
 pub struct OpenBlock {
@@ -179,7 +240,10 @@ pub struct ChainView {
     pub by_hash: imbl::HashMap<B256, u64>,
     /// Every included transaction by hash (sealed or in the open block).
     pub txs: imbl::HashMap<B256, Arc<IncludedTx>>,
-    /// The open EVM block.
+    /// The block closed before the open one while its state root is computed (a few
+    /// milliseconds after it closes; `None` otherwise). Its parent is the newest sealed block.
+    pub sealing: Option<Arc<SealingBlock>>,
+    /// The open EVM block. Its `parent_hash` is zero while the parent is [`Self::sealing`].
     pub open: Arc<OpenBlock>,
     /// Number of the newest mini-block (`None` before the first).
     pub mini_block_number: Option<u64>,
@@ -195,10 +259,21 @@ impl ChainView {
         self.sealed.back().expect("genesis is always sealed")
     }
 
-    /// A `BLOCKHASH` lookup over the sealed blocks of this view (zero for unknown numbers).
+    /// A `BLOCKHASH` lookup over the sealed blocks of this view (zero for unknown numbers). The
+    /// hash of the block being sealed is waited for (at most the time its root takes).
     pub fn block_hash_lookup(&self) -> impl Fn(u64) -> B256 + Sync + 'static {
         let sealed = self.sealed.clone();
-        move |n| sealed.get(n as usize).map(|b| b.hash).unwrap_or_default()
+        let sealing = self.sealing.clone();
+        move |n| match &sealing {
+            Some(s) if s.block.number == n => s.wait().map(|b| b.hash).unwrap_or_default(),
+            _ => sealed.get(n as usize).map(|b| b.hash).unwrap_or_default(),
+        }
+    }
+
+    /// The base fee of the block after the newest sealed one (the one being sealed, or else the
+    /// open one).
+    pub fn next_base_fee(&self) -> u64 {
+        self.sealing.as_ref().map_or(self.open.base_fee, |s| s.block.base_fee)
     }
 
     /// The hash of `tx`'s block, once sealed.

@@ -11,7 +11,7 @@ use crate::{
     block_tries::BlockTries,
     block_writer::{append_block, BlockWriter},
     chain::{
-        ChainView, IncludedTx, MiniBlock, MiniBlockSummary, OpenBlock, SealedBlock,
+        ChainView, IncludedTx, MiniBlock, MiniBlockSummary, OpenBlock, SealedBlock, SealingBlock,
         MINI_BLOCK_HISTORY, STATE_HISTORY_BLOCKS,
     },
     config::{next_base_fee, ChainConfig, Genesis, INITIAL_BASE_FEE_WEI},
@@ -22,9 +22,8 @@ use crate::{
     tx::{RecoveredTx, TxError},
 };
 use alloy_consensus::{proofs, Header, Transaction, EMPTY_OMMER_ROOT_HASH};
-use alloy_eips::{eip2718::Encodable2718, eip7685::EMPTY_REQUESTS_HASH};
+use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
 use alloy_primitives::{keccak256, map::HashMap, Address, Bloom, B256, U256};
-use alloy_rlp::Encodable;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use revm::primitives::KECCAK_EMPTY;
@@ -124,6 +123,8 @@ pub(crate) struct Sequencer {
     durable: Option<Logged>,
     /// The open block's transactions and receipts tries, fed as transactions are included.
     tries: BlockTries,
+    /// The closed block whose state root is being computed.
+    sealing: Option<PendingSeal>,
     stopped: bool,
 }
 
@@ -185,12 +186,13 @@ impl Sequencer {
                 txs.insert(t.tx.hash, t.clone());
             }
         }
-        let open = open_after(&head, &config, now_us() / 1_000_000);
+        let open = open_after(&head.header, Some(head.hash), &config, now_us() / 1_000_000);
         let view = ChainView {
             state,
             sealed,
             by_hash,
             txs,
+            sealing: None,
             open: Arc::new(open),
             mini_block_number: None,
             block_states,
@@ -219,6 +221,7 @@ impl Sequencer {
             next_mini_block: 0,
             durable,
             tries: BlockTries::default(),
+            sealing: None,
             stopped: false,
         };
         if restart {
@@ -277,7 +280,12 @@ impl Sequencer {
             }
             if self.view.open.mini_block_count == 0 {
                 let parent = self.view.head().clone();
-                self.view.open = Arc::new(open_after(&parent, &self.config, mini.block_timestamp));
+                self.view.open = Arc::new(open_after(
+                    &parent.header,
+                    Some(parent.hash),
+                    &self.config,
+                    mini.block_timestamp,
+                ));
             }
             self.next_mini_block = mini.number;
             self.include(mini.txs, mini.diff, mini.timestamp_us, mini.closes_block)?;
@@ -374,6 +382,8 @@ impl Sequencer {
             // so, which lets recovery re-seal the block exactly as it is sealed below.
             let closes_block = Instant::now() >= block_deadline;
             self.seal_mini_block(closes_block);
+            // The block closed last time seals as soon as its root is in.
+            self.finish_seal(false);
             let now = Instant::now();
             if now >= next_tick {
                 next_tick += tick;
@@ -384,12 +394,16 @@ impl Sequencer {
                 }
             }
             if closes_block && !self.stopped {
-                self.seal_evm_block();
+                self.close_evm_block();
                 block_deadline += self.config.block_time;
                 if block_deadline <= now {
                     block_deadline = now + self.config.block_time;
                 }
             }
+        }
+        // The last closed block is sealed and stored before the thread ends.
+        if !self.stopped {
+            self.finish_seal(true);
         }
         // Waiters still pending learn that the node stopped.
         for (_, list) in self.waiters.drain() {
@@ -636,7 +650,25 @@ impl Sequencer {
         Ok(mini)
     }
 
+    /// Closes the open EVM block and seals it, waiting for its state root (recovery, shutdown
+    /// and tests; the live loop closes with [`Self::close_evm_block`] and seals when the root is
+    /// in).
     fn seal_evm_block(&mut self) {
+        self.close_evm_block();
+        self.finish_seal(true);
+    }
+
+    /// Closes the open EVM block: starts its state commit (the root is planned on the store's
+    /// checkpoint thread), builds the rest of its header, and opens the next block at once, so
+    /// the next mini-block is not held up by the commit. [`Self::finish_seal`] seals the block
+    /// when the root arrives.
+    fn close_evm_block(&mut self) {
+        // One block in flight: the previous one is sealed and handed to the block writer first
+        // (long done at one-second blocks).
+        self.finish_seal(true);
+        if self.stopped {
+            return;
+        }
         let open = self.view.open.clone();
         let started = Instant::now();
         let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
@@ -648,7 +680,7 @@ impl Sequencer {
                 return self.fatal("storing a sealed block failed", e);
             }
         }
-        let state_root = match self.store.commit(self.next_mini_block, open.number) {
+        let root = match self.store.begin_commit(self.next_mini_block, open.number) {
             Ok(root) => root,
             Err(e) => return self.fatal("state checkpoint failed", e),
         };
@@ -677,7 +709,7 @@ impl Sequencer {
         let header = prague_header(Header {
             parent_hash: open.parent_hash,
             beneficiary: self.config.beneficiary,
-            state_root,
+            state_root: B256::ZERO,
             transactions_root,
             receipts_root,
             logs_bloom: open.bloom,
@@ -689,18 +721,51 @@ impl Sequencer {
             base_fee_per_gas: Some(open.base_fee),
             ..Default::default()
         });
-        let block = Arc::new(seal(header, txs, open.mini_block_count));
-        let header_time = started.elapsed();
+        let next = open_after(&header, None, &self.config, now_us() / 1_000_000);
+        let sealing = Arc::new(SealingBlock::new(open.clone(), header, txs, root));
+        // The same state as after the last mini-block, but as of the commit: once the
+        // checkpoint is written, this view can prove keys against the block's root.
+        self.view.state = self.store.view();
+        self.view.block_states.insert(open.number, self.view.state.clone());
+        while self.view.block_states.len() > STATE_HISTORY_BLOCKS {
+            let first = *self.view.block_states.keys().next().expect("non-empty");
+            self.view.block_states.remove(&first);
+        }
+        self.view.sealing = Some(sealing.clone());
+        self.view.open = Arc::new(next);
+        self.shared.view.store(Arc::new(self.view.clone()));
+        self.sealing = Some(PendingSeal {
+            block: sealing,
+            first_record: self.next_mini_block.saturating_sub(open.mini_block_count as u64),
+            closed: started,
+            close_us: started.elapsed().as_micros() as u64,
+            commit_us: commit_time.as_micros() as u64,
+        });
+        // A store that computed the root at once: seal now.
+        self.finish_seal(false);
+    }
+
+    /// Seals the closed block once its state root is in (waits for it when `wait`): hands it to
+    /// the block writer, lets go of the log segments it no longer needs, and publishes it.
+    fn finish_seal(&mut self, wait: bool) {
+        let Some(pending) = &self.sealing else { return };
+        let sealed = if wait { Some(pending.block.wait()) } else { pending.block.try_sealed() };
+        let Some(sealed) = sealed else { return };
+        let pending = self.sealing.take().expect("checked above");
+        let block = match sealed {
+            Ok(block) => block,
+            Err(e) => return self.fatal("state checkpoint failed", e),
+        };
+        let root_time = pending.closed.elapsed();
         if let Some(d) = &mut self.durable {
             // Records leave the log once a durable checkpoint and the chain store both hold their
             // block: those before this block's first record (the chain store holds the parent,
-            // waited for above) that the last durable checkpoint covers. Whole closed segments
-            // leave, and the block writer deletes their files, off the tick.
+            // waited for at the close) that the last durable checkpoint covers. Whole closed
+            // segments leave, and the block writer deletes their files, off the tick.
             let checkpointed = self.store.last_commit().map_or(0, |(next, _)| next);
-            let first_of_block = self.next_mini_block.saturating_sub(open.mini_block_count as u64);
             let logged = d.wal.sync().map_err(|e| e.to_string());
             let stored = logged.and_then(|()| d.blocks.submit(block.clone()));
-            let upto = checkpointed.min(first_of_block).checked_sub(1);
+            let upto = checkpointed.min(pending.first_record).checked_sub(1);
             let trimmed = stored.and_then(|()| match upto {
                 Some(last) => d.blocks.remove_log_segments(d.wal.detach_closed_upto(last)),
                 None => Ok(()),
@@ -709,33 +774,39 @@ impl Sequencer {
                 return self.fatal("storing the sealed block failed", e);
             }
         }
-        let stored_time = started.elapsed();
-        let now_s = now_us() / 1_000_000;
-        let next = open_after(&block, &self.config, now_s);
-        // The same state as after the last mini-block, but as of the checkpoint: this view can
-        // prove keys against the block's root.
-        self.view.state = self.store.view();
         self.view.by_hash.insert(block.hash, block.header.number);
         self.view.sealed.push_back(block.clone());
-        self.view.block_states.insert(block.header.number, self.view.state.clone());
-        while self.view.block_states.len() > STATE_HISTORY_BLOCKS {
-            let first = *self.view.block_states.keys().next().expect("non-empty");
-            self.view.block_states.remove(&first);
-        }
-        self.view.open = Arc::new(next);
+        self.view.sealing = None;
+        let mut open = (*self.view.open).clone();
+        open.parent_hash = block.hash;
+        self.view.open = Arc::new(open);
         self.shared.view.store(Arc::new(self.view.clone()));
-        // The sequencer makes no mini-block while it seals: this is the pause a block costs.
+        // The sequencer makes no mini-block while it closes a block: `close_us` is the pause a
+        // block costs; the root arrives `root_us` after the close, while mini-blocks go on.
         tracing::debug!(
             number = block.header.number,
             txs = block.txs.len(),
-            commit_us = commit_time.as_micros() as u64,
-            roots_us = (header_time - commit_time).as_micros() as u64,
-            log_us = (stored_time - header_time).as_micros() as u64,
-            seal_us = started.elapsed().as_micros() as u64,
+            commit_us = pending.commit_us,
+            close_us = pending.close_us,
+            root_us = root_time.as_micros() as u64,
+            seal_us = pending.closed.elapsed().as_micros() as u64,
             "block sealed"
         );
         publish(&self.shared.block_subscribers, &block);
     }
+}
+
+/// A closed block waiting for its state root, with what its seal needs.
+struct PendingSeal {
+    block: Arc<SealingBlock>,
+    /// Log sequence number of the block's first mini-block.
+    first_record: u64,
+    /// When the block was closed.
+    closed: Instant,
+    /// How long closing it held the sequencer.
+    close_us: u64,
+    /// Of which starting the state commit.
+    commit_us: u64,
 }
 
 /// Wakes a subscriber's thread after an item was queued for it (an eventfd write, say); it runs
@@ -828,7 +899,7 @@ fn build_genesis(
         base_fee_per_gas: Some(INITIAL_BASE_FEE_WEI),
         ..Default::default()
     });
-    Ok(seal(header, Vec::new(), 0))
+    Ok(SealedBlock::new(header, Vec::new(), 0))
 }
 
 /// Fills the fields every strobe header has in common: no ommers, no proof-of-work, no
@@ -851,22 +922,24 @@ fn prague_header(mut h: Header) -> Header {
     h
 }
 
-fn seal(header: Header, txs: Vec<Arc<IncludedTx>>, mini_block_count: u32) -> SealedBlock {
-    let hash = header.hash_slow();
-    let tx_bytes: usize = txs.iter().map(|t| t.tx.envelope.encode_2718_len()).sum();
-    let size = (header.length() + tx_bytes + 8) as u64;
-    SealedBlock { header, hash, txs, mini_block_count, size }
-}
-
-/// The open block that follows `parent`.
-fn open_after(parent: &SealedBlock, config: &ChainConfig, now_s: u64) -> OpenBlock {
-    let h = &parent.header;
+/// The open block that follows the block with header `parent` and hash `parent_hash` (`None`
+/// while that block's state root is computed: the hash is filled in when it is sealed).
+///
+/// PREVRANDAO is keccak256 of the parent's parent hash, so the next block can execute before its
+/// parent's hash is known. (Chains written before this rule used keccak256 of the parent hash.)
+fn open_after(
+    parent: &Header,
+    parent_hash: Option<B256>,
+    config: &ChainConfig,
+    now_s: u64,
+) -> OpenBlock {
+    let h = parent;
     // Timestamps strictly increase with blocks of a second or more; faster blocks may share one.
     let min_ts =
         if config.block_time >= Duration::from_secs(1) { h.timestamp + 1 } else { h.timestamp };
     OpenBlock {
         number: h.number + 1,
-        parent_hash: parent.hash,
+        parent_hash: parent_hash.unwrap_or_default(),
         timestamp: now_s.max(min_ts),
         base_fee: next_base_fee(
             h.base_fee_per_gas.unwrap_or(INITIAL_BASE_FEE_WEI),
@@ -875,7 +948,7 @@ fn open_after(parent: &SealedBlock, config: &ChainConfig, now_s: u64) -> OpenBlo
         ),
         gas_limit: config.block_gas_limit,
         gas_used: 0,
-        prevrandao: keccak256(parent.hash),
+        prevrandao: keccak256(h.parent_hash),
         txs: imbl::Vector::new(),
         mini_block_count: 0,
         log_count: 0,

@@ -210,3 +210,149 @@ fn a_block_checkpointed_before_it_is_stored_is_resealed_identically() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// The files as a crash leaves them while a closed block waits for its state root and the next
+/// block's mini-blocks are already logged (and acknowledged): replay re-seals the closed block
+/// at its closing record to the header the live sequencer sealed, and re-includes the next
+/// block's transactions on top of it.
+#[test]
+fn a_crash_while_a_closed_block_waits_for_its_root_loses_nothing() {
+    let live = scratch("root-live");
+    let crashed = scratch("root-crashed");
+    let mut seq = open(&live);
+    let mut nonce = 0;
+    for closes in [false, true, false, false, true] {
+        mini_block(&mut seq, &mut nonce, closes);
+        if closes {
+            seq.close_evm_block();
+        }
+    }
+    // Block 1 sealed when block 2 closed; block 2 is closed, block 3 has one mini-block.
+    mini_block(&mut seq, &mut nonce, false);
+    assert_eq!(seq.view.sealing.as_ref().map(|s| s.block.number), Some(2));
+    assert_eq!((seq.view.open.number, seq.view.open.txs.len()), (3, 3));
+    seq.durable.as_ref().unwrap().blocks.wait_stored(1).unwrap();
+    seq.store.wait_durable().unwrap();
+    copy_dir(&live, &crashed);
+    seq.finish_seal(true);
+    let served = seq.view.head().clone();
+    assert_eq!((served.header.number, served.txs.len()), (2, 9));
+    assert_eq!(seq.view.open.parent_hash, served.hash);
+    drop(seq);
+
+    let recovered = open(&crashed);
+    let head = recovered.view.head().clone();
+    assert_eq!(head.header, served.header);
+    assert_eq!(head.hash, served.hash);
+    assert_eq!(recovered.view.open.number, 3);
+    assert_eq!(recovered.view.open.parent_hash, served.hash);
+    assert_eq!(recovered.view.open.txs.len(), 3, "block 3's logged mini-block is replayed");
+    assert_eq!(recovered.view.state.account(&DEV_ADDRESS).unwrap().nonce, nonce);
+    drop(recovered);
+    for dir in [live, crashed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// A state store whose roots arrive only when the test releases them, as if planning took long.
+struct GatedStore {
+    inner: strobe_storage::MemoryStore,
+    held: Arc<Mutex<Vec<(strobe_storage::RootSender, B256)>>>,
+}
+
+impl StateStore for GatedStore {
+    fn apply(&mut self, diff: &StateDiff) -> Result<(), strobe_storage::StoreError> {
+        self.inner.apply(diff)
+    }
+    fn view(&self) -> Arc<dyn strobe_storage::StateView> {
+        self.inner.view()
+    }
+    fn commit(&mut self, next_seq: u64, block: u64) -> Result<B256, strobe_storage::StoreError> {
+        self.inner.commit(next_seq, block)
+    }
+    fn begin_commit(
+        &mut self,
+        next_seq: u64,
+        block: u64,
+    ) -> Result<strobe_storage::PendingRoot, strobe_storage::StoreError> {
+        let root = self.inner.commit(next_seq, block)?;
+        let (pending, sender) = strobe_storage::PendingRoot::channel();
+        self.held.lock().unwrap().push((sender, root));
+        Ok(pending)
+    }
+    fn preview_root(&mut self) -> Result<B256, strobe_storage::StoreError> {
+        self.inner.preview_root()
+    }
+}
+
+fn release(held: &Mutex<Vec<(strobe_storage::RootSender, B256)>>) {
+    for (sender, root) in held.lock().unwrap().drain(..) {
+        sender.send(Ok(root));
+    }
+}
+
+/// The next block's mini-blocks execute while a closed block's root is computed; `BLOCKHASH` of
+/// the closed block waits for the root and reads the hash the block is then sealed with.
+#[test]
+fn the_next_block_executes_while_the_root_is_computed() {
+    // SSTORE(0, BLOCKHASH(NUMBER - 1))
+    let reader = Address::repeat_byte(0xbb);
+    let code = [0x43, 0x60, 0x01, 0x90, 0x03, 0x40, 0x60, 0x00, 0x55, 0x00];
+    let mut genesis = genesis();
+    genesis.alloc.push((
+        reader,
+        GenesisAccount { code: alloy_primitives::Bytes::from(code.to_vec()), ..Default::default() },
+    ));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let store = GatedStore { inner: strobe_storage::MemoryStore::new(), held: held.clone() };
+    let mut seq =
+        Sequencer::new(ChainConfig::default(), &genesis, Box::new(store), None).unwrap().0;
+    let mut nonce = 0;
+    mini_block(&mut seq, &mut nonce, true);
+    seq.close_evm_block();
+    assert_eq!(seq.view.head().header.number, 0);
+    assert_eq!(seq.view.sealing.as_ref().map(|s| s.block.txs.len()), Some(3));
+    assert_eq!(seq.view.open.number, 2);
+    assert_eq!(seq.shared.view.load().open.number, 2, "the next block is served at once");
+    assert!(seq.view.state_at(1).is_some(), "the closed block's state is queryable");
+    // Block 2 fills without the root.
+    mini_block(&mut seq, &mut nonce, false);
+    seq.finish_seal(false);
+    assert_eq!(seq.view.head().header.number, 0);
+    assert_eq!(seq.view.open.txs.len(), 3);
+    // A call reading BLOCKHASH(1) waits until the root is released.
+    let rules = IntakeRules {
+        chain_id: seq.config.chain_id,
+        block_gas_limit: seq.config.block_gas_limit,
+        base_fee: seq.view.open.base_fee,
+        min_priority_fee_wei: seq.config.min_priority_fee_wei,
+    };
+    let raw = crate::tx::tests::signed_call(seq.config.chain_id, nonce, reader, 100_000, 0);
+    let tx = decode_and_recover(&raw, &rules).unwrap();
+    seq.admit(Submission { tx, reject_gap: true, on_accept: None, on_receipt: None });
+    let releaser = {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            release(&held);
+        })
+    };
+    seq.seal_mini_block(false);
+    releaser.join().unwrap();
+    assert_eq!(seq.view.open.txs.len(), 4);
+    seq.finish_seal(false);
+    let head = seq.view.head().clone();
+    assert_eq!(head.header.number, 1);
+    assert!(seq.view.sealing.is_none());
+    assert_eq!(seq.view.open.parent_hash, head.hash);
+    let stored = seq.view.state.storage(&reader, &U256::ZERO);
+    assert_eq!(B256::from(stored), head.hash, "BLOCKHASH(1) is the sealed block's hash");
+    assert_eq!(head.header.mix_hash, keccak256(seq.view.sealed[0].header.parent_hash));
+    assert_eq!(seq.view.open.prevrandao, keccak256(head.header.parent_hash));
+    // The next close seals block 2 first if its root is late: here it is released in time.
+    seq.close_evm_block();
+    release(&held);
+    seq.finish_seal(true);
+    assert_eq!(seq.view.head().header.number, 2);
+    assert_eq!(seq.view.head().header.parent_hash, head.hash);
+}

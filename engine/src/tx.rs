@@ -355,6 +355,17 @@ pub(crate) mod tests {
     /// An EIP-1559 transfer of `value` wei to `0xaa…aa`, signed with libsecp256k1 by the first
     /// anvil/hardhat dev key ([`DEV_ADDRESS`]).
     pub(crate) fn signed_transfer(chain_id: u64, nonce: u64, value: u64) -> Vec<u8> {
+        signed_call(chain_id, nonce, Address::repeat_byte(0xaa), 21_000, value)
+    }
+
+    /// An EIP-1559 call of `to` with no input, signed like [`signed_transfer`].
+    pub(crate) fn signed_call(
+        chain_id: u64,
+        nonce: u64,
+        to: Address,
+        gas_limit: u64,
+        value: u64,
+    ) -> Vec<u8> {
         use alloy_consensus::{SignableTransaction, TxEip1559};
         use alloy_eips::eip2718::Encodable2718;
         let key = secp256k1::SecretKey::from_secret_bytes(
@@ -367,10 +378,10 @@ pub(crate) mod tests {
         let tx = TxEip1559 {
             chain_id,
             nonce,
-            gas_limit: 21_000,
+            gas_limit,
             max_fee_per_gas: 2_000_000_000,
             max_priority_fee_per_gas: 1_000_000_000,
-            to: alloy_primitives::TxKind::Call(Address::repeat_byte(0xaa)),
+            to: alloy_primitives::TxKind::Call(to),
             value: U256::from(value),
             access_list: Default::default(),
             input: Default::default(),

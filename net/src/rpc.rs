@@ -1094,7 +1094,7 @@ impl Rpc {
             }
         }
         let next_base = if newest == head {
-            view.open.base_fee
+            view.next_base_fee()
         } else {
             view.sealed[(newest + 1) as usize].header.base_fee_per_gas.unwrap_or_default()
         };
@@ -1292,11 +1292,17 @@ fn logs_matching(
     }
     let mut out = Vec::new();
     for n in from..=to {
-        let txs: Vec<Arc<IncludedTx>> = if n == open {
-            if !filter.matches_bloom(view.open.bloom) {
+        // The block being sealed counts like the open one: its logs are final, its hash not yet.
+        let unsealed = match &view.sealing {
+            Some(s) if s.block.number == n => Some(&s.block),
+            _ if n == open => Some(&view.open),
+            _ => None,
+        };
+        let txs: Vec<Arc<IncludedTx>> = if let Some(block) = unsealed {
+            if !filter.matches_bloom(block.bloom) {
                 continue;
             }
-            view.open.txs.iter().cloned().collect()
+            block.txs.iter().cloned().collect()
         } else {
             let Some(b) = view.sealed.get(n as usize) else { continue };
             if !filter.matches_bloom(b.header.logs_bloom) {

@@ -41,7 +41,7 @@ pub use code::CodeFileError;
 pub use diff::{AccountChange, AccountState, StateDiff};
 pub use mapped::FileError;
 pub use memory::{MemoryStore, MemoryView, ViewDb};
-pub use pending_root::PendingRoot;
+pub use pending_root::{PendingRoot, RootSender};
 pub use persistent::{PersistentStore, PersistentView, StoreOptions, StoreStats};
 pub use proof::{state_root_of, BucketProof, ProofError, StateProof};
 pub use root::{state_root, StorageRootCache};

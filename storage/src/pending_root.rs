@@ -34,9 +34,10 @@ impl PendingRoot {
         pending
     }
 
-    /// A root still to come, and the one-shot sender that delivers it. A sender dropped without
-    /// sending delivers an error, so no waiter can hang on a planner that died.
-    pub(crate) fn channel() -> (Self, RootSender) {
+    /// A root still to come, and the one-shot sender that delivers it (for stores that compute
+    /// roots in the background). A sender dropped without sending delivers an error, so no
+    /// waiter can hang on a planner that died.
+    pub fn channel() -> (Self, RootSender) {
         let pending = Self { cell: Arc::new(RootCell::default()) };
         (pending.clone(), RootSender { root: Some(pending) })
     }
@@ -66,13 +67,14 @@ impl PendingRoot {
 }
 
 /// Delivers a [`PendingRoot`]'s value, exactly once.
-pub(crate) struct RootSender {
+#[derive(Debug)]
+pub struct RootSender {
     root: Option<PendingRoot>,
 }
 
 impl RootSender {
     /// Delivers the root (or why there is none) and wakes every waiter.
-    pub(crate) fn send(mut self, result: Result<B256, String>) {
+    pub fn send(mut self, result: Result<B256, String>) {
         self.deliver(result);
     }
 
