@@ -51,9 +51,12 @@ impl BlockWriter {
         let progress =
             Arc::new((Mutex::new(Progress { stored: chain.len(), failed: None }), Condvar::new()));
         let shared = progress.clone();
-        let thread = std::thread::Builder::new()
-            .name("strobe-blocks".into())
-            .spawn(move || write_blocks(chain, blocks, &shared))?;
+        let thread = std::thread::Builder::new().name("strobe-blocks".into()).spawn(move || {
+            // Storing a block can wait behind the ticks: the sequencer needs it stored only
+            // at the next block's close. It shares no lock with the sequencer.
+            strobe_storage::lower_priority();
+            write_blocks(chain, blocks, &shared)
+        })?;
         Ok(Self { queue: Some(queue), progress, thread: Some(thread) })
     }
 

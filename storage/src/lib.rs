@@ -19,6 +19,7 @@
 //!   tools and embedders that want no files.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod background;
 mod chain_store;
 mod checkpoint;
 mod code;
@@ -36,6 +37,7 @@ mod table;
 mod tree;
 mod wal;
 
+pub use background::{lower_priority, BACKGROUND_NICE};
 pub use chain_store::{BlockRecord, ChainStore, ChainStoreError, ChainStoreOptions};
 pub use code::CodeFileError;
 pub use diff::{AccountChange, AccountState, StateDiff};

@@ -829,7 +829,13 @@ impl CheckpointJob {
             Some(p) => Ok(p),
             // The tables do not change until this job writes them (the next checkpoint waits
             // for it), so planning here sees exactly the state the committer would have.
-            None => plan(&self.pending, &self.base.read(), self.keep_old),
+            // Below the sequencer's priority (`background.rs`). Only the plan: the writes below
+            // hold the tables' write lock, which readers wait for, so they run at the default
+            // priority and never sit preempted while holding it.
+            None => {
+                let (pending, base, keep_old) = (&self.pending, &self.base, self.keep_old);
+                crate::background::run(|| plan(pending, &base.read(), keep_old))
+            }
         };
         let root = self.root.take().expect("the root is delivered once");
         let CheckpointPlan { mut accounts, mut slots, root: state_root } = match planned {
@@ -879,16 +885,19 @@ impl CheckpointJob {
                 .collect(),
         };
         let _ = self.epoch.undo.set(undo);
-        let (account_writes, slot_writes) =
-            rayon::join(|| accounts.take_writes(), || slots.take_writes());
+        // Laying out the writes and reading their pre-images is CPU work under the read lock
+        // only: below the sequencer's priority too.
+        let (account_writes, slot_writes) = crate::background::run(|| {
+            rayon::join(|| accounts.take_writes(), || slots.take_writes())
+        });
         let journal = self.dir.join("journal");
         if self.journal {
-            let images = {
+            let images = crate::background::run(|| {
                 let tables = self.base.read();
                 let mut images = pre_images(&tables.accounts, &account_writes, ACCOUNTS_FILE_BASE);
                 images.extend(pre_images(&tables.slots, &slot_writes, SLOTS_FILE_BASE));
                 images
-            };
+            });
             if !images.is_empty() {
                 checkpoint::write_journal(&journal, self.previous, &images)?;
             }
@@ -910,6 +919,13 @@ impl CheckpointJob {
             return Err(StoreError::Corrupt("simulated crash"));
         }
         {
+            // Page faults outside the write lock: inside it they were most of its hold time.
+            let tables = self.base.read();
+            tables.accounts.prefault(&account_writes);
+            tables.slots.prefault(&slot_writes);
+        }
+        let locked = std::time::Instant::now();
+        {
             let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
             tables.accounts.apply(&accounts, &account_writes)?;
             tables.slots.apply(&slots, &slot_writes)?;
@@ -917,6 +933,7 @@ impl CheckpointJob {
             tables.code.publish(added);
             self.base.generation.store(self.header.generation, Ordering::Release);
         }
+        let write_locked = locked.elapsed();
         let tables = self.base.read();
         tables.accounts.flush()?;
         tables.slots.flush()?;
@@ -931,6 +948,12 @@ impl CheckpointJob {
         drop(tables);
         self.header_file.write(&mut header)?;
         checkpoint::remove_journal(&journal)?;
+        tracing::debug!(
+            block = header.block,
+            write_lock_us = write_locked.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "state checkpoint written"
+        );
         Ok(header)
     }
 }

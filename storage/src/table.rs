@@ -699,6 +699,19 @@ impl<R: Record> Table<R> {
         Ok(())
     }
 
+    /// Faults in the pages `writes` will touch (see [`MappedFile::prefault_write`]), so that
+    /// [`Self::apply`] under the tables' write lock is a plain copy.
+    pub(crate) fn prefault(&self, writes: &PlanWrites) {
+        for w in &writes.writes {
+            let file = match w.file {
+                TableFile::Dir => &self.dir,
+                TableFile::Dat => &self.dat,
+                TableFile::Tree => &self.tree,
+            };
+            file.prefault_write(w.offset, w.len);
+        }
+    }
+
     /// Makes every write so far durable.
     pub(crate) fn flush(&self) -> Result<(), FileError> {
         self.dir.flush()?;
