@@ -228,7 +228,9 @@ impl Engine {
         subscribe(&self.shared.mini_block_subscribers, capacity, wake)
     }
 
-    /// A bounded feed of sealed EVM blocks, ending like [`Self::subscribe_mini_blocks`].
+    /// A bounded feed of sealed EVM blocks, ending like [`Self::subscribe_mini_blocks`]. A block
+    /// is published once its state root is computed, a few milliseconds after its last
+    /// mini-block, so the first mini-blocks of the next block may come before it.
     pub fn subscribe_blocks(&self, capacity: usize) -> Receiver<Arc<SealedBlock>> {
         self.subscribe_blocks_waking(capacity, None)
     }
