@@ -918,12 +918,14 @@ impl CheckpointJob {
             tables.slots.flush()?;
             return Err(StoreError::Corrupt("simulated crash"));
         }
+        let prefaulting = std::time::Instant::now();
         {
             // Page faults outside the write lock: inside it they were most of its hold time.
             let tables = self.base.read();
             tables.accounts.prefault(&account_writes);
             tables.slots.prefault(&slot_writes);
         }
+        let prefaulted = prefaulting.elapsed();
         let locked = std::time::Instant::now();
         {
             let mut tables = self.base.tables.write().unwrap_or_else(|p| p.into_inner());
@@ -950,6 +952,8 @@ impl CheckpointJob {
         checkpoint::remove_journal(&journal)?;
         tracing::debug!(
             block = header.block,
+            writes = account_writes.writes.len() + slot_writes.writes.len(),
+            prefault_us = prefaulted.as_micros() as u64,
             write_lock_us = write_locked.as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,
             "state checkpoint written"
