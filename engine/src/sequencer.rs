@@ -1,5 +1,7 @@
 //! The sequencer thread: admits transactions into the pool, seals a mini-block every tick,
-//! executes it, commits its diff and closes an EVM block every block time.
+//! executes it, commits its diff and closes an EVM block every block time. A closed block's state
+//! root is computed on the state store's checkpoint threads while the next block's mini-blocks go
+//! on ([`SealingBlock`]); the block is sealed, served and stored when the root arrives.
 //!
 //! One pinned thread owns the pool, the state store and the chain under construction. It talks to
 //! the outside only through a bounded intake queue (in) and through published [`ChainView`]s,

@@ -27,7 +27,7 @@ pub(crate) fn run<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 fn pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = plan_threads(std::thread::available_parallelism().map_or(2, |n| n.get()));
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("strobe-plan-{i}"))
@@ -39,6 +39,13 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
             .ok()
     })
     .as_ref()
+}
+
+/// Planning threads on a machine with `cpus` CPUs: a quarter of them, at least one. A plan is
+/// due a block time later, so it needs no more; and on a small machine every extra thread is one
+/// more that spins in rayon's idle loop while its partner sits preempted.
+fn plan_threads(cpus: usize) -> usize {
+    (cpus / 4).max(1)
 }
 
 /// Sets the calling thread's nice value to [`BACKGROUND_NICE`] (on Linux the nice value belongs
@@ -67,6 +74,7 @@ mod tests {
             unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
         });
         assert_eq!(nice, BACKGROUND_NICE);
+        assert_eq!((plan_threads(2), plan_threads(16), plan_threads(128)), (1, 4, 32));
         // The parallel parts run there too.
         let (a, b) = run(|| {
             rayon::join(
