@@ -53,7 +53,8 @@ impl BlockWriter {
         let shared = progress.clone();
         let thread = std::thread::Builder::new().name("strobe-blocks".into()).spawn(move || {
             // Storing a block can wait behind the ticks: the sequencer needs it stored only
-            // at the next block's close. It shares no lock with the sequencer.
+            // at the next block's close. The only lock it shares with the sequencer is the
+            // progress mutex, held for a few instructions per block.
             strobe_storage::lower_priority();
             write_blocks(chain, blocks, &shared)
         })?;

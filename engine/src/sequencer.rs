@@ -530,6 +530,11 @@ impl Sequencer {
             }
         }
         let executed = started.elapsed();
+        // A `BLOCKHASH` of the block being sealed read zero if its root failed: nothing executed
+        // over that may be acknowledged.
+        if let Some(Err(e)) = self.view.sealing.as_ref().and_then(|s| s.try_sealed()) {
+            return self.fatal("state checkpoint failed", e);
+        }
         let mini = match self.include(records, diff, now_us(), closes_block) {
             Ok(mini) => mini,
             Err(e) => return self.fatal("state store failed to apply a mini-block", e),
@@ -750,6 +755,10 @@ impl Sequencer {
     /// Seals the closed block once its state root is in (waits for it when `wait`): hands it to
     /// the block writer, lets go of the log segments it no longer needs, and publishes it.
     fn finish_seal(&mut self, wait: bool) {
+        // After a failure the view may hold what was never logged: publish nothing more.
+        if self.stopped {
+            return;
+        }
         let Some(pending) = &self.sealing else { return };
         let sealed = if wait { Some(pending.block.wait()) } else { pending.block.try_sealed() };
         let Some(sealed) = sealed else { return };

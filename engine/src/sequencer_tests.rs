@@ -356,3 +356,25 @@ fn the_next_block_executes_while_the_root_is_computed() {
     assert_eq!(seq.view.head().header.number, 2);
     assert_eq!(seq.view.head().header.parent_hash, head.hash);
 }
+
+/// A closed block whose root fails stops the sequencer before it acknowledges anything executed
+/// after the close (a `BLOCKHASH` of that block would have read zero).
+#[test]
+fn a_failed_root_stops_the_sequencer_before_it_acknowledges_more() {
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let store = GatedStore { inner: strobe_storage::MemoryStore::new(), held: held.clone() };
+    let mut seq =
+        Sequencer::new(ChainConfig::default(), &genesis(), Box::new(store), None).unwrap().0;
+    let mut nonce = 0;
+    mini_block(&mut seq, &mut nonce, true);
+    seq.close_evm_block();
+    for (sender, _) in held.lock().unwrap().drain(..) {
+        sender.send(Err("disk on fire".into()));
+    }
+    mini_block(&mut seq, &mut nonce, false);
+    assert!(seq.stopped);
+    assert!(seq.shared.fatal.get().unwrap().contains("disk on fire"));
+    assert_eq!(seq.view.open.txs.len(), 0, "nothing after the close was included");
+    assert_eq!(seq.shared.view.load().open.txs.len(), 0, "nor published");
+    assert_eq!(seq.view.head().header.number, 0, "the failed block is never sealed");
+}

@@ -24,6 +24,12 @@ pub(crate) fn run<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     }
 }
 
+/// Starts the planning pool now, on the calling thread: its threads inherit this thread's CPU
+/// affinity (call it from an unpinned thread; later calls do nothing).
+pub(crate) fn start() {
+    let _ = pool();
+}
+
 fn pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
@@ -53,17 +59,20 @@ fn plan_threads(cpus: usize) -> usize {
 /// engine's block writer). Such a thread must not hold a lock that latency-critical threads wait
 /// for.
 pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
     // SAFETY: `gettid` and `setpriority` are plain system calls: they take integers, touch no
     // memory of ours, and only change the scheduling weight of this thread.
     let result = unsafe {
         libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICE)
     };
+    #[cfg(not(target_os = "linux"))]
+    let result = 0;
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the planning thread's priority");
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

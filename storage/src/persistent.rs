@@ -415,6 +415,10 @@ impl PersistentStore {
     }
 
     fn open_locked(dir: &Path, options: StoreOptions, lock: File) -> Result<Self, StoreError> {
+        // The planning pool's threads inherit the CPU affinity of the thread that starts them:
+        // start it here, on the opening thread, not later from a checkpoint thread spawned by a
+        // sequencer pinned to its core.
+        crate::background::start();
         let (header_file, header) = HeaderFile::open(&dir.join("HEADER"))?;
         let checkpointed = header.is_some();
         if !checkpointed {
@@ -625,10 +629,18 @@ impl PersistentStore {
             #[cfg(test)]
             crash_after_writes: self.crash_after_writes.take(),
         };
-        let handle = std::thread::Builder::new()
-            .name("strobe-checkpoint".into())
-            .spawn(move || job.run())
-            .map_err(|e| crate::mapped::file_error("spawn checkpoint thread", &self.dir)(e))?;
+        let spawned =
+            std::thread::Builder::new().name("strobe-checkpoint".into()).spawn(move || job.run());
+        let handle = match spawned {
+            Ok(handle) => handle,
+            Err(e) => {
+                // The block's changes went into the job: nothing may be committed after this.
+                self.failed = true;
+                return Err(
+                    crate::mapped::file_error("spawn checkpoint thread", &self.dir)(e).into()
+                );
+            }
+        };
         self.writing = Some(handle);
         Ok(root)
     }
