@@ -150,20 +150,14 @@ pub struct SealingBlock {
     pub block: Arc<OpenBlock>,
     /// The header with every field but the state root.
     header: Header,
-    txs: Vec<Arc<IncludedTx>>,
     root: PendingRoot,
     sealed: OnceLock<Result<Arc<SealedBlock>, String>>,
 }
 
 impl SealingBlock {
     /// A block waiting for `root`; `header` has every other field.
-    pub(crate) fn new(
-        block: Arc<OpenBlock>,
-        header: Header,
-        txs: Vec<Arc<IncludedTx>>,
-        root: PendingRoot,
-    ) -> Self {
-        Self { block, header, txs, root, sealed: OnceLock::new() }
+    pub(crate) fn new(block: Arc<OpenBlock>, header: Header, root: PendingRoot) -> Self {
+        Self { block, header, root, sealed: OnceLock::new() }
     }
 
     /// The sealed block if its root has arrived (or why there is none), without waiting.
@@ -180,8 +174,8 @@ impl SealingBlock {
             .get_or_init(|| {
                 let root = self.root.wait().map_err(|e| e.to_string())?;
                 let header = Header { state_root: root, ..self.header.clone() };
-                let count = self.block.mini_block_count;
-                Ok(Arc::new(SealedBlock::new(header, self.txs.clone(), count)))
+                let txs = self.block.txs.iter().cloned().collect();
+                Ok(Arc::new(SealedBlock::new(header, txs, self.block.mini_block_count)))
             })
             .clone()
     }

@@ -678,7 +678,7 @@ impl Sequencer {
         }
         let open = self.view.open.clone();
         let started = Instant::now();
-        let txs: Vec<Arc<IncludedTx>> = open.txs.iter().cloned().collect();
+        let txs = &open.txs;
         // Recovery can re-seal only one block that the state checkpoint is ahead of the chain
         // store by, so this block's checkpoint waits until its parent is stored (long done at
         // one-second blocks: this is a check, not a wait).
@@ -729,7 +729,7 @@ impl Sequencer {
             ..Default::default()
         });
         let next = open_after(&header, None, &self.config, now_us() / 1_000_000);
-        let sealing = Arc::new(SealingBlock::new(open.clone(), header, txs, root));
+        let sealing = Arc::new(SealingBlock::new(open.clone(), header, root));
         // The same state as after the last mini-block, but as of the commit: once the
         // checkpoint is written, this view can prove keys against the block's root.
         self.view.state = self.store.view();
@@ -933,18 +933,17 @@ fn prague_header(mut h: Header) -> Header {
     h
 }
 
-/// The open block that follows the block with header `parent` and hash `parent_hash` (`None`
+/// The open block that follows the block with header `h` and hash `parent_hash` (`None`
 /// while that block's state root is computed: the hash is filled in when it is sealed).
 ///
 /// PREVRANDAO is keccak256 of the parent's parent hash, so the next block can execute before its
 /// parent's hash is known. (Chains written before this rule used keccak256 of the parent hash.)
 fn open_after(
-    parent: &Header,
+    h: &Header,
     parent_hash: Option<B256>,
     config: &ChainConfig,
     now_s: u64,
 ) -> OpenBlock {
-    let h = parent;
     // Timestamps strictly increase with blocks of a second or more; faster blocks may share one.
     let min_ts =
         if config.block_time >= Duration::from_secs(1) { h.timestamp + 1 } else { h.timestamp };
