@@ -39,15 +39,27 @@ fn open_with(dir: &Path, wal_options: WalOptions) -> Sequencer {
 }
 
 fn submit(seq: &mut Sequencer, nonce: u64) {
+    submit_raw(seq, &signed_transfer(seq.config.chain_id, nonce, 1 + nonce));
+}
+
+/// Admits the signed transaction `raw` into the pool, checked by the sequencer's intake rules.
+fn submit_raw(seq: &mut Sequencer, raw: &[u8]) {
     let rules = IntakeRules {
         chain_id: seq.config.chain_id,
         block_gas_limit: seq.config.block_gas_limit,
         base_fee: seq.view.open.base_fee,
         min_priority_fee_wei: seq.config.min_priority_fee_wei,
     };
-    let raw = signed_transfer(seq.config.chain_id, nonce, 1 + nonce);
-    let tx = decode_and_recover(&raw, &rules).unwrap();
+    let tx = decode_and_recover(raw, &rules).unwrap();
     seq.admit(Submission { tx, reject_gap: true, on_accept: None, on_receipt: None });
+}
+
+/// Copies `live` to `crashed` once block `stored` is in the chain store and the last checkpoint
+/// is durable: a copy taken while a file is being written is not an image a crash can leave.
+fn crash_image(seq: &mut Sequencer, stored: u64, live: &Path, crashed: &Path) {
+    seq.durable.as_ref().unwrap().blocks.wait_stored(stored).unwrap();
+    seq.store.wait_durable().unwrap();
+    copy_dir(live, crashed);
 }
 
 /// Submits three transfers and seals a mini-block with them (the EVM block is left to the caller).
@@ -97,11 +109,8 @@ fn a_block_served_before_it_is_stored_is_resealed_identically() {
         }
     }
     assert_eq!(seq.view.head().header.number, 1);
-    // Wait until block 1 is stored and checkpointed, so the copy is the crash image described
-    // above (a copy taken while a file is being written is not one a crash can leave).
-    seq.durable.as_ref().unwrap().blocks.wait_stored(1).unwrap();
-    seq.store.wait_durable().unwrap();
-    copy_dir(&live, &crashed);
+    // Block 1 stored and checkpointed: the crash image described above.
+    crash_image(&mut seq, 1, &live, &crashed);
     seq.seal_evm_block();
     let served = seq.view.head().clone();
     assert_eq!((served.header.number, served.txs.len()), (2, 9));
@@ -187,9 +196,7 @@ fn a_block_checkpointed_before_it_is_stored_is_resealed_identically() {
     }
     let served = seq.view.head().clone();
     assert_eq!(served.header.number, 2);
-    seq.durable.as_ref().unwrap().blocks.wait_stored(2).unwrap();
-    seq.store.wait_durable().unwrap();
-    copy_dir(&live, &crashed);
+    crash_image(&mut seq, 2, &live, &crashed);
     drop(seq);
     // Block 2 never reached the crashed copy's chain store.
     let file = std::fs::OpenOptions::new().write(true).open(segment(&crashed)).unwrap();
@@ -231,9 +238,7 @@ fn a_crash_while_a_closed_block_waits_for_its_root_loses_nothing() {
     mini_block(&mut seq, &mut nonce, false);
     assert_eq!(seq.view.sealing.as_ref().map(|s| s.block.number), Some(2));
     assert_eq!((seq.view.open.number, seq.view.open.txs.len()), (3, 3));
-    seq.durable.as_ref().unwrap().blocks.wait_stored(1).unwrap();
-    seq.store.wait_durable().unwrap();
-    copy_dir(&live, &crashed);
+    crash_image(&mut seq, 1, &live, &crashed);
     seq.finish_seal(true);
     let served = seq.view.head().clone();
     assert_eq!((served.header.number, served.txs.len()), (2, 9));
@@ -257,7 +262,7 @@ fn a_crash_while_a_closed_block_waits_for_its_root_loses_nothing() {
 /// A state store whose roots arrive only when the test releases them, as if planning took long.
 struct GatedStore {
     inner: strobe_storage::MemoryStore,
-    held: Arc<Mutex<Vec<(strobe_storage::RootSender, B256)>>>,
+    held: HeldRoots,
 }
 
 impl StateStore for GatedStore {
@@ -285,6 +290,17 @@ impl StateStore for GatedStore {
     }
 }
 
+/// Roots a [`GatedStore`] holds back until [`release`]d (or failed).
+type HeldRoots = Arc<Mutex<Vec<(strobe_storage::RootSender, B256)>>>;
+
+/// A sequencer without files over a [`GatedStore`], and the roots it holds back.
+fn gated(genesis: &Genesis) -> (Sequencer, HeldRoots) {
+    let held = HeldRoots::default();
+    let store = GatedStore { inner: strobe_storage::MemoryStore::new(), held: held.clone() };
+    let seq = Sequencer::new(ChainConfig::default(), genesis, Box::new(store), None).unwrap().0;
+    (seq, held)
+}
+
 fn release(held: &Mutex<Vec<(strobe_storage::RootSender, B256)>>) {
     for (sender, root) in held.lock().unwrap().drain(..) {
         sender.send(Ok(root));
@@ -303,10 +319,7 @@ fn the_next_block_executes_while_the_root_is_computed() {
         reader,
         GenesisAccount { code: alloy_primitives::Bytes::from(code.to_vec()), ..Default::default() },
     ));
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let store = GatedStore { inner: strobe_storage::MemoryStore::new(), held: held.clone() };
-    let mut seq =
-        Sequencer::new(ChainConfig::default(), &genesis, Box::new(store), None).unwrap().0;
+    let (mut seq, held) = gated(&genesis);
     let mut nonce = 0;
     mini_block(&mut seq, &mut nonce, true);
     seq.close_evm_block();
@@ -321,15 +334,8 @@ fn the_next_block_executes_while_the_root_is_computed() {
     assert_eq!(seq.view.head().header.number, 0);
     assert_eq!(seq.view.open.txs.len(), 3);
     // A call reading BLOCKHASH(1) waits until the root is released.
-    let rules = IntakeRules {
-        chain_id: seq.config.chain_id,
-        block_gas_limit: seq.config.block_gas_limit,
-        base_fee: seq.view.open.base_fee,
-        min_priority_fee_wei: seq.config.min_priority_fee_wei,
-    };
-    let raw = crate::tx::tests::signed_call(seq.config.chain_id, nonce, reader, 100_000, 0);
-    let tx = decode_and_recover(&raw, &rules).unwrap();
-    seq.admit(Submission { tx, reject_gap: true, on_accept: None, on_receipt: None });
+    let call = crate::tx::tests::signed_call(seq.config.chain_id, nonce, reader, 100_000, 0);
+    submit_raw(&mut seq, &call);
     let releaser = {
         let held = held.clone();
         std::thread::spawn(move || {
@@ -361,10 +367,7 @@ fn the_next_block_executes_while_the_root_is_computed() {
 /// after the close (a `BLOCKHASH` of that block would have read zero).
 #[test]
 fn a_failed_root_stops_the_sequencer_before_it_acknowledges_more() {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let store = GatedStore { inner: strobe_storage::MemoryStore::new(), held: held.clone() };
-    let mut seq =
-        Sequencer::new(ChainConfig::default(), &genesis(), Box::new(store), None).unwrap().0;
+    let (mut seq, held) = gated(&genesis());
     let mut nonce = 0;
     mini_block(&mut seq, &mut nonce, true);
     seq.close_evm_block();
