@@ -624,7 +624,7 @@ impl PersistentStore {
             keep_old,
             epoch: old_epoch,
             frozen,
-            root: Some(sender),
+            root: sender,
             waited,
             #[cfg(test)]
             crash_after_writes: self.crash_after_writes.take(),
@@ -825,7 +825,7 @@ struct CheckpointJob {
     epoch: Arc<Epoch>,
     /// The changes as views read them until written (new code comes from here).
     frozen: Arc<Overlay>,
-    root: Option<RootSender>,
+    root: RootSender,
     /// How long the committer waited for the previous checkpoint (for the debug line).
     waited: std::time::Duration,
     #[cfg(test)]
@@ -849,7 +849,7 @@ impl CheckpointJob {
                 crate::background::run(|| plan(pending, &base.read(), keep_old))
             }
         };
-        let root = self.root.take().expect("the root is delivered once");
+        let root = self.root;
         let CheckpointPlan { mut accounts, mut slots, root: state_root } = match planned {
             Ok(p) => {
                 root.send(Ok(p.root));
